@@ -1,0 +1,39 @@
+# kanin: every command CI runs is a target here.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: install services test lint bench demo clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
+		{ echo "python3 -m venv failed: installing python3-venv"; \
+		  apt-get update -q && apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+services:
+	@bash tests/services.sh
+
+test: install services
+	$(BIN)/python -m pytest tests
+
+lint: install
+	$(BIN)/ruff check framework workers tests
+	$(BIN)/ruff format --check framework workers tests
+	$(BIN)/mypy
+
+bench: install services
+	@set -e; found=0; for f in tests/bench/*.py; do \
+		[ -e "$$f" ] || continue; found=1; echo "== $$f"; $(BIN)/python "$$f"; done; \
+		[ $$found = 1 ] || echo "no benchmarks yet (tests/bench/ is empty)"
+
+demo: install
+	@echo "make demo: coming soon (the example shop on the embedded broker lands with issue 6)"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

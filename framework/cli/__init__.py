@@ -1,0 +1,8 @@
+"""The ``kanin`` command line. Exit codes: 0 ok, 1 runtime or broker error, 2 usage or config."""
+
+from __future__ import annotations
+
+from framework.cli import publish, run, topology
+from framework.cli.app import app, load_settings, main
+
+__all__ = ["app", "load_settings", "main", "publish", "run", "topology"]

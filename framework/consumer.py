@@ -1,0 +1,183 @@
+"""Consumer classes and the context a handler gets.
+
+    class ReserveInventory(Consumer):
+        queue = "inventory.reserve"
+        prefetch = 50
+        retry = RetryPolicy(attempts=5, backoff="exponential", initial=1.0, max=60.0)
+
+        async def handle(self, event: OrderPlaced, ctx: Context) -> None:
+            await ctx.publish(InventoryReserved(order_id=event.order_id))
+
+The event class comes from the type hint of ``handle``; a union of event classes makes
+one consumer handle several types of its queue, dispatched on the message's ``type``.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+import typing
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from framework.errors import ConfigError
+from framework.events import Event
+from framework.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from framework.publisher import Publisher
+    from framework.transport.amqp import Delivery
+
+
+class Consumer:
+    """Base class of consumer classes. Subclasses set ``queue`` and define ``handle``."""
+
+    queue: ClassVar[str] = ""
+    prefetch: ClassVar[int | None] = None  # default: KANIN_PREFETCH
+    concurrency: ClassVar[int | None] = None  # default: KANIN_CONCURRENCY
+    retry: ClassVar[RetryPolicy | None] = None  # default: the queue's retry: block
+    timeout: ClassVar[float | None] = None  # seconds per handler call
+    idempotency: ClassVar[str | None] = None  # store URL; default KANIN_IDEMPOTENCY_URL
+    idempotency_retention: ClassVar[float | None] = None  # default KANIN_IDEMPOTENCY_RETENTION
+
+    async def on_startup(self) -> None:
+        """Open resources (clients, pools) before the first message."""
+
+    async def on_shutdown(self) -> None:
+        """Close them after the last message."""
+
+    async def handle(self, event: Any, ctx: Context) -> None:
+        raise NotImplementedError
+
+    def idempotency_key(self, event: Any) -> str | None:
+        """The key this event is handled once by, when the message has no
+        ``x-idempotency-key`` header. Default: none (the ``message_id`` is used)."""
+        return None
+
+    @classmethod
+    def consumer_name(cls) -> str:
+        return f"{cls.__module__}.{cls.__qualname__}"
+
+    @classmethod
+    def event_classes(cls) -> dict[str, type[Event]]:
+        """Event classes by wire type, from ``handle``'s annotation; ConfigError if unusable."""
+        name = cls.consumer_name()
+        if not cls.queue:
+            raise ConfigError(f"{name}: set the class attribute 'queue'")
+        if cls.handle is Consumer.handle:
+            raise ConfigError(f"{name}: define 'async def handle(self, event, ctx)'")
+        try:
+            hints = typing.get_type_hints(cls.handle)
+        except NameError as exc:
+            raise ConfigError(f"{name}.handle: cannot resolve annotation: {exc}") from None
+        hint = hints.get("event")
+        if hint is None:
+            params = list(cls.handle.__code__.co_varnames[1:2])
+            hint = hints.get(params[0]) if params else None
+        members = typing.get_args(hint) if _is_union(hint) else (hint,)
+        classes: dict[str, type[Event]] = {}
+        for member in members:
+            if not (isinstance(member, type) and issubclass(member, Event)):
+                raise ConfigError(
+                    f"{name}.handle: annotate the event parameter with Event subclasses, "
+                    f"got {member!r}"
+                )
+            if not member.event_type:
+                raise ConfigError(f"{name}: {member.__name__} has no type= class argument")
+            classes[member.event_type] = member
+        return classes
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def text(value: Any) -> str | None:
+    """A property or header value as text (foreign clients send ``bytes`` headers)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value)
+
+
+class Context:
+    """What a handler knows about the message it handles, and how it publishes.
+
+    Attributes are read from the delivery when asked for, so a handler that uses none
+    of them costs nothing.
+    """
+
+    __slots__ = ("_delivery", "attempt", "logger", "publisher", "queue")
+
+    def __init__(
+        self,
+        queue: str,
+        delivery: Delivery,
+        attempt: int,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        publisher: Publisher,
+    ) -> None:
+        self.queue = queue
+        self._delivery = delivery
+        self.attempt = attempt
+        self.logger = logger
+        self.publisher = publisher
+
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        return self._delivery.headers
+
+    @property
+    def message_id(self) -> str | None:
+        return text(self._delivery.properties.message_id)
+
+    @property
+    def correlation_id(self) -> str | None:
+        return text(self._delivery.properties.correlation_id)
+
+    @property
+    def causation_id(self) -> str | None:
+        return text(self.headers.get("x-causation-id"))
+
+    @property
+    def event_type(self) -> str | None:
+        return text(self._delivery.properties.message_type)
+
+    @property
+    def exchange(self) -> str:
+        """Where the message was first published (kept across retries)."""
+        return text(self.headers.get("x-original-exchange")) or self._delivery.exchange
+
+    @property
+    def routing_key(self) -> str:
+        return text(self.headers.get("x-original-routing-key")) or self._delivery.routing_key
+
+    @property
+    def redelivered(self) -> bool:
+        return self._delivery.redelivered
+
+    def __repr__(self) -> str:
+        return (
+            f"Context(queue={self.queue!r}, message_id={self.message_id!r}, attempt={self.attempt})"
+        )
+
+    async def publish(
+        self,
+        event: Event,
+        *,
+        exchange: str | None = None,
+        routing_key: str | None = None,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Publish ``event`` as caused by the message being handled (same correlation id)."""
+        return await self.publisher.publish(
+            event,
+            exchange=exchange,
+            routing_key=routing_key,
+            correlation_id=self.correlation_id or self.message_id,
+            causation_id=self.message_id,
+            idempotency_key=idempotency_key,
+            headers=headers,
+        )

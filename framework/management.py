@@ -1,0 +1,118 @@
+"""A small client for the RabbitMQ management HTTP API: reads what lives on the broker.
+
+Used to tell created objects from existing ones and to explain a refused declaration
+with the broker's actual values. Plain ``urllib`` run in a thread: a handful of GETs
+does not need an HTTP library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from framework.errors import BrokerError, BrokerUnavailable
+from framework.settings import Settings
+
+BindingKey = tuple[str, str, str, str, str]
+
+
+def binding_key(
+    source: str,
+    destination: str,
+    destination_type: str,
+    routing_key: str,
+    arguments: dict[str, Any],
+) -> BindingKey:
+    args = json.dumps(arguments, sort_keys=True)
+    return (source, destination, destination_type, routing_key, args)
+
+
+@dataclass(frozen=True)
+class LiveTopology:
+    """The objects of one vhost as the broker reports them."""
+
+    exchanges: dict[str, dict[str, Any]]
+    queues: dict[str, dict[str, Any]]
+    bindings: set[BindingKey]
+
+
+class Management:
+    def __init__(
+        self, base_url: str, user: str, password: str, vhost: str = "/", timeout: float = 5.0
+    ) -> None:
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.user = user
+        self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.vhost = vhost
+        self.timeout = timeout
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Management:
+        base, user, password = settings.management()
+        return cls(base, user, password, settings.vhost, settings.connect_timeout)
+
+    def _get(self, path: str) -> Any:
+        request = urllib.request.Request(self.base_url + path)
+        request.add_header("Authorization", self._auth)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            if exc.code in (401, 403):
+                raise BrokerError(
+                    f"management API at {self.base_url} refused user {self.user!r} ({exc.code})"
+                ) from None
+            raise BrokerError(f"management API at {self.base_url}: HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise BrokerUnavailable(
+                f"management API at {self.base_url} did not answer: {reason}"
+            ) from None
+
+    async def get(self, path: str) -> Any:
+        """GET ``/api/<path>``; ``None`` when the broker answers 404."""
+        return await asyncio.to_thread(self._get, "api/" + path)
+
+    def _vhost_path(self, kind: str) -> str:
+        return f"{kind}/{quote(self.vhost, safe='')}"
+
+    async def exchange(self, name: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = await self.get(
+            f"{self._vhost_path('exchanges')}/{quote(name, safe='')}"
+        )
+        return result
+
+    async def queue(self, name: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = await self.get(
+            f"{self._vhost_path('queues')}/{quote(name, safe='')}"
+        )
+        return result
+
+    async def snapshot(self) -> LiveTopology:
+        exchanges, queues, bindings = await asyncio.gather(
+            self.get(self._vhost_path("exchanges")),
+            self.get(self._vhost_path("queues") + "?disable_stats=true"),
+            self.get(self._vhost_path("bindings")),
+        )
+        return LiveTopology(
+            exchanges={x["name"]: x for x in exchanges or []},
+            queues={q["name"]: q for q in queues or []},
+            bindings={
+                binding_key(
+                    b["source"],
+                    b["destination"],
+                    b["destination_type"],
+                    b["routing_key"],
+                    b.get("arguments") or {},
+                )
+                for b in bindings or []
+            },
+        )

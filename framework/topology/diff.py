@@ -1,0 +1,96 @@
+"""Compare what the file declares with what the broker holds (read by the management API)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from framework.errors import Difference
+from framework.management import LiveTopology, binding_key
+from framework.topology.expand import BindingDecl, Declarations, ExchangeDecl, QueueDecl
+
+Decl = ExchangeDecl | QueueDecl | BindingDecl
+Status = Literal["create", "exists", "differs"]
+UNSET = "<not set>"
+
+
+def _same(a: Any, b: Any) -> bool:
+    return isinstance(a, bool) == isinstance(b, bool) and a == b
+
+
+def _compare(props: dict[str, tuple[Any, Any]]) -> list[Difference]:
+    return [
+        Difference(name, live, want)
+        for name, (live, want) in props.items()
+        if not _same(live, want)
+    ]
+
+
+def _compare_arguments(live: dict[str, Any], want: dict[str, Any]) -> list[Difference]:
+    diffs = []
+    for key in sorted(set(live) | set(want)):
+        a, b = live.get(key, UNSET), want.get(key, UNSET)
+        if not _same(a, b):
+            diffs.append(Difference(key, a, b))
+    return diffs
+
+
+def exchange_differences(decl: ExchangeDecl, live: dict[str, Any]) -> list[Difference]:
+    props = {
+        "type": (live.get("type"), decl.type),
+        "durable": (live.get("durable"), decl.durable),
+        "auto_delete": (live.get("auto_delete"), decl.auto_delete),
+        "internal": (live.get("internal"), decl.internal),
+    }
+    return _compare(props) + _compare_arguments(live.get("arguments") or {}, decl.arguments)
+
+
+def queue_differences(decl: QueueDecl, live: dict[str, Any]) -> list[Difference]:
+    props = {
+        "durable": (live.get("durable"), decl.durable),
+        "auto_delete": (live.get("auto_delete"), decl.auto_delete),
+    }
+    args = dict(live.get("arguments") or {})
+    args.setdefault("x-queue-type", live.get("type", "classic"))
+    want = dict(decl.arguments)
+    want.setdefault("x-queue-type", "classic")
+    return _compare(props) + _compare_arguments(args, want)
+
+
+@dataclass(frozen=True)
+class Step:
+    status: Status
+    decl: Decl
+    differences: tuple[Difference, ...] = ()
+
+
+def plan(decls: Declarations, live: LiveTopology) -> list[Step]:
+    """What ``apply`` would do to each object, given the broker's current state."""
+    steps: list[Step] = []
+    for x in decls.exchanges:
+        found = live.exchanges.get(x.name)
+        steps.append(_step(x, None if found is None else exchange_differences(x, found)))
+    for q in decls.queues:
+        found = live.queues.get(q.name)
+        steps.append(_step(q, None if found is None else queue_differences(q, found)))
+    for b in decls.bindings:
+        key = binding_key(b.source, b.destination, b.destination_type, b.routing_key, b.arguments)
+        steps.append(_step(b, [] if key in live.bindings else None))
+    return steps
+
+
+def _step(decl: Decl, differences: list[Difference] | None) -> Step:
+    if differences is None:
+        return Step("create", decl)
+    return Step("differs" if differences else "exists", decl, tuple(differences))
+
+
+def describe_difference(kind: str, name: str, diff: Difference, file: str) -> str:
+    return (
+        f"{kind} {name!r}: {diff.argument} is {_show(diff.broker)} on the broker "
+        f"but {_show(diff.file)} in {file}"
+    )
+
+
+def _show(value: Any) -> str:
+    return value if value == UNSET else repr(value)

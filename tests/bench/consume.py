@@ -1,0 +1,291 @@
+"""Throughput: kanin against raw aio-pika and FastStream, on the same broker, in one run.
+
+Consume: drain a backlog of N persistent ~200-byte JSON messages at prefetch 100.
+  - raw aio-pika: queue.consume() with a callback that acks each message;
+  - FastStream:   a subscriber with a pydantic model argument (validation), acks on success;
+  - kanin:        a Worker with a Consumer class (pydantic validation, no-op handler).
+Publish: N events, in batches of 1000, waiting for all confirms.
+  - raw aio-pika: json.dumps + Message with the same properties and headers as kanin's
+                  envelope + gather(exchange.publish) per batch;
+  - kanin:        Publisher.publish_many(events) per batch.
+
+Runs are interleaved (raw, FastStream, kanin, raw, ...) and each figure is the median of
+the rounds; the time runs from the first message handled to the last one acked, so
+connection setup is left out for every contender alike.
+
+    python tests/bench/consume.py            # KANIN_BENCH_MESSAGES=20000 KANIN_BENCH_ROUNDS=3
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aio_pika
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from framework import Consumer, Context, Event, Publisher, Settings, Worker
+from framework.topology import QueueSpec, Topology
+
+URL = os.environ.get("KANIN_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
+N = int(os.environ.get("KANIN_BENCH_MESSAGES", "20000"))
+ROUNDS = int(os.environ.get("KANIN_BENCH_ROUNDS", "3"))
+PREFETCH = 100
+QUEUE = f"kanin-bench-{uuid.uuid4().hex[:8]}"
+
+
+class Item(Event):
+    sku: str
+    quantity: int
+    price_cents: int
+
+
+class OrderPlaced(Event, type="order.placed", version=1):
+    order_id: str
+    customer_email: str
+    items: list[Item]
+    note: str
+
+
+def payload(i: int) -> dict[str, object]:
+    return {
+        "order_id": f"order-{i:08d}",
+        "customer_email": f"customer{i % 1000}@example.com",
+        "items": [
+            {"sku": "rabbit-plush-xl", "quantity": 2, "price_cents": 1299},
+            {"sku": "carrot-snack", "quantity": 5, "price_cents": 199},
+        ],
+        "note": "leave at the door",
+    }
+
+
+BODY_SIZE = len(json.dumps(payload(0)).encode())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.first = 0.0
+        self.last = 0.0
+        self.count = 0
+        self.done = asyncio.Event()
+
+    def tick(self) -> None:
+        if not self.count:
+            self.first = time.perf_counter()
+        self.count += 1
+        if self.count == N:
+            self.last = time.perf_counter()
+            self.done.set()
+
+    def rate(self) -> float:
+        return N / (self.last - self.first)
+
+
+async def purge(channel: aio_pika.abc.AbstractChannel) -> None:
+    await (await channel.get_queue(QUEUE, ensure=False)).purge()
+
+
+async def fill(channel: aio_pika.abc.AbstractChannel) -> None:
+    await purge(channel)
+    body = json.dumps(payload(0)).encode()
+    for start in range(0, N, 1000):
+        await asyncio.gather(
+            *(
+                channel.default_exchange.publish(
+                    aio_pika.Message(
+                        body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, type="order.placed",
+                        content_type="application/json",
+                    ),
+                    routing_key=QUEUE,
+                )
+                for _ in range(start, min(start + 1000, N))
+            )
+        )  # fmt: skip
+
+
+async def raw_consume() -> float:
+    clock = Clock()
+    connection = await aio_pika.connect(URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=PREFETCH)
+        queue = await channel.declare_queue(QUEUE, durable=True, passive=True)
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            await message.ack()
+            clock.tick()
+
+        tag = await queue.consume(on_message)
+        await clock.done.wait()
+        await queue.cancel(tag)
+    return clock.rate()
+
+
+async def faststream_consume() -> float:
+    from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
+    from pydantic import BaseModel
+
+    class ItemModel(BaseModel):
+        sku: str
+        quantity: int
+        price_cents: int
+
+    class OrderModel(BaseModel):
+        order_id: str
+        customer_email: str
+        items: list[ItemModel]
+        note: str
+
+    clock = Clock()
+    broker = RabbitBroker(URL, logger=None)
+
+    @broker.subscriber(
+        RabbitQueue(QUEUE, durable=True, declare=False), channel=Channel(prefetch_count=PREFETCH)
+    )
+    async def handle(order: OrderModel) -> None:
+        clock.tick()
+
+    await broker.start()
+    try:
+        await clock.done.wait()
+        await asyncio.sleep(0.05)  # FastStream acks after the handler returns
+    finally:
+        await broker.stop()
+    return clock.rate()
+
+
+async def kanin_consume() -> float:
+    clock = Clock()
+
+    class Reserve(Consumer):
+        queue = QUEUE
+        prefetch = PREFETCH
+        concurrency = PREFETCH
+
+        async def handle(self, event: OrderPlaced, ctx: Context) -> None:
+            clock.tick()
+
+    settings = Settings(_env_file=None, broker_url=URL, topology="none.yaml")  # type: ignore[call-arg]
+    topology = Topology(queues=[QueueSpec(name=QUEUE, dead_letter=False)])
+    worker = Worker([Reserve], settings, topology=topology)
+    await worker.start()
+    try:
+        await clock.done.wait()
+        channel = worker._channels[0]
+        await channel.drain()  # the last acks are on the wire: stop the clock here
+        clock.last = time.perf_counter()
+    finally:
+        worker.stop()
+        await worker.shutdown()
+    return clock.rate()
+
+
+def envelope(body: bytes) -> aio_pika.Message:
+    """What hand-written code sets to put kanin's wire contract on a message."""
+    message_id = str(uuid.uuid4())
+    return aio_pika.Message(
+        body,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        content_type="application/json",
+        type="order.placed",
+        message_id=message_id,
+        correlation_id=message_id,
+        timestamp=datetime.now(UTC),
+        app_id="bench",
+        headers={"x-event-version": 1, "x-attempt": 1},
+    )
+
+
+async def raw_publish(channel: aio_pika.abc.AbstractChannel) -> float:
+    rows = [payload(i) for i in range(N)]
+    exchange = channel.default_exchange
+    started = time.perf_counter()
+    for start in range(0, N, 1000):
+        await asyncio.gather(
+            *(
+                exchange.publish(envelope(json.dumps(row).encode()), routing_key=QUEUE)
+                for row in rows[start : start + 1000]
+            )
+        )
+    return N / (time.perf_counter() - started)
+
+
+async def kanin_publish(publisher: Publisher) -> float:
+    events = [OrderPlaced.model_validate(payload(i)) for i in range(N)]
+    started = time.perf_counter()
+    for start in range(0, N, 1000):
+        await publisher.publish_many(events[start : start + 1000], exchange="", routing_key=QUEUE)
+    return N / (time.perf_counter() - started)
+
+
+async def measured(run: Callable[[], Awaitable[float]], cpu: list[float]) -> float:
+    """Run one contender; note this process's CPU time per message (the client's cost,
+    steadier than msg/s on a machine whose cores the broker shares)."""
+    started = time.process_time()
+    rate = await run()
+    cpu.append((time.process_time() - started) / N * 1e6)
+    return rate
+
+
+def report(
+    title: str, results: dict[str, list[float]], cpu: dict[str, list[float]], baseline: str
+) -> None:
+    base = statistics.median(results[baseline])
+    print(f"\n{title}  ({N} messages of {BODY_SIZE} B, {ROUNDS} interleaved rounds, median)")
+    for name, rates in results.items():
+        median = statistics.median(rates)
+        runs = ", ".join(f"{r:,.0f}" for r in rates)
+        print(
+            f"  {name:<12} {median:>8,.0f} msg/s  {median / base:5.2f}x {baseline}  "
+            f"{statistics.median(cpu[name]):6.1f} us CPU/msg  [{runs}]"
+        )
+
+
+async def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    connection = await aio_pika.connect(URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(QUEUE, durable=True)
+        try:
+            contenders: dict[str, Callable[[], Awaitable[float]]] = {
+                "aio-pika": raw_consume,
+                "faststream": faststream_consume,
+                "kanin": kanin_consume,
+            }
+            consume: dict[str, list[float]] = {name: [] for name in contenders}
+            consume_cpu: dict[str, list[float]] = {name: [] for name in contenders}
+            publish: dict[str, list[float]] = {"aio-pika": [], "kanin": []}
+            publish_cpu: dict[str, list[float]] = {"aio-pika": [], "kanin": []}
+            settings = Settings(_env_file=None, broker_url=URL)  # type: ignore[call-arg]
+            async with Publisher(settings) as publisher:
+                for _ in range(ROUNDS):
+                    for name, run in contenders.items():
+                        await fill(channel)
+                        consume[name].append(await measured(run, consume_cpu[name]))
+                    await purge(channel)
+                    raw = await measured(lambda: raw_publish(channel), publish_cpu["aio-pika"])
+                    publish["aio-pika"].append(raw)
+                    await purge(channel)
+                    own = await measured(lambda: kanin_publish(publisher), publish_cpu["kanin"])
+                    publish["kanin"].append(own)
+            report("consume", consume, consume_cpu, "aio-pika")
+            fs = statistics.median(consume["faststream"])
+            print(f"  kanin / faststream: {statistics.median(consume['kanin']) / fs:.2f}x")
+            report("publish (confirmed, batches of 1000)", publish, publish_cpu, "aio-pika")
+        finally:
+            await channel.queue_delete(QUEUE)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

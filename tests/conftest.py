@@ -1,0 +1,111 @@
+"""Shared fixtures. Integration tests talk to the real RabbitMQ on 127.0.0.1 (``make test``
+starts it); every test works under its own random name prefix and deletes what it made."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+AMQP_URL = os.environ.get("KANIN_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
+MANAGEMENT_URL = os.environ.get("KANIN_TEST_MANAGEMENT_URL", "http://127.0.0.1:15672/api/")
+
+
+class BrokerAdmin:
+    """Reads and deletes objects of vhost '/' through the management API, for assertions."""
+
+    def __init__(self, base: str = MANAGEMENT_URL, user: str = "guest", password: str = "guest"):
+        self.base = base
+        self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Authorization", self.auth)
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as response:
+                body = response.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+        return json.loads(body) if body else None
+
+    def queues(self, prefix: str) -> dict[str, dict[str, Any]]:
+        return {
+            q["name"]: q for q in self.request("GET", "queues/%2F") if q["name"].startswith(prefix)
+        }
+
+    def exchanges(self, prefix: str) -> dict[str, dict[str, Any]]:
+        return {
+            x["name"]: x
+            for x in self.request("GET", "exchanges/%2F")
+            if x["name"].startswith(prefix)
+        }
+
+    def bindings(self, prefix: str) -> set[tuple[str, str, str, str, str]]:
+        """Bindings from exchanges of the prefix (the default exchange's are left out)."""
+        return {
+            (
+                b["source"],
+                b["destination"],
+                b["destination_type"],
+                b["routing_key"],
+                json.dumps(b["arguments"], sort_keys=True),
+            )
+            for b in self.request("GET", "bindings/%2F")
+            if b["source"].startswith(prefix)
+        }
+
+    def delete_prefix(self, prefix: str) -> None:
+        for name in self.queues(prefix):
+            self.request("DELETE", "queues/%2F/" + quote(name, safe=""))
+        for name in self.exchanges(prefix):
+            self.request("DELETE", "exchanges/%2F/" + quote(name, safe=""))
+
+
+@pytest.fixture(scope="session")
+def admin() -> BrokerAdmin:
+    return BrokerAdmin()
+
+
+@pytest.fixture
+def prefix(admin: BrokerAdmin) -> Iterator[str]:
+    """A fresh name prefix; every queue and exchange under it is deleted after the test."""
+    value = f"kt-{uuid.uuid4().hex[:10]}"
+    yield value
+    admin.delete_prefix(value)
+
+
+@pytest.fixture
+def vhost(admin: BrokerAdmin) -> Iterator[str]:
+    """A fresh vhost that guest may use; deleted, with all it holds, after the test."""
+    name = f"kt-{uuid.uuid4().hex[:10]}"
+    admin.request("PUT", f"vhosts/{name}", {})
+    admin.request(
+        "PUT", f"permissions/{name}/guest", {"configure": ".*", "write": ".*", "read": ".*"}
+    )
+    yield name
+    admin.request("DELETE", f"vhosts/{name}")
+
+
+@pytest.fixture
+def write(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Write a topology file and return its path."""
+
+    def _write(text: str, name: str = "topology.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return _write

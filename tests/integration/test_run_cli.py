@@ -1,0 +1,257 @@
+"""`kanin run` and `kanin publish` as processes: signals, reconnects, several processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from framework import Consumer, Context, Publisher
+from framework.topology import QueueSpec, Topology
+from tests.conftest import AMQP_URL
+from tests.integration.apps.slow import Job
+from tests.integration.worker_kit import (
+    amqp,
+    count,
+    drain,
+    eventually,
+    kill_tree,
+    running,
+    settings,
+)
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+KANIN = str(Path(sys.executable).parent / "kanin")
+
+
+def handled(log: Path) -> list[tuple[int, int]]:
+    if not log.exists():
+        return []
+    return [tuple(map(int, line.split())) for line in log.read_text().splitlines()]  # type: ignore[misc]
+
+
+def start(prefix: str, log: Path, *args: str, delay: float = 0.1) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "KANIN_BROKER_URL": AMQP_URL,
+        "KANIN_TOPOLOGY": "does-not-exist.yaml",
+        "KANIN_TEST_QUEUE": f"{prefix}.jobs",
+        "KANIN_TEST_LOG": str(log),
+        "KANIN_TEST_DELAY": str(delay),
+        "KANIN_SHUTDOWN_GRACE": "20",
+    }
+    return subprocess.Popen(
+        [KANIN, "run", "tests.integration.apps.slow", *args],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+async def publish_jobs(prefix: str, numbers: range) -> None:
+    async with amqp() as channel:
+        await channel.declare_queue(
+            f"{prefix}.jobs",
+            durable=True,
+            arguments={
+                "x-queue-type": "classic",
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": f"{prefix}.jobs.dlq",
+            },
+        )
+    async with Publisher(settings()) as publisher:
+        await publisher.publish_many(
+            (Job(n=n) for n in numbers), exchange="", routing_key=f"{prefix}.jobs"
+        )
+
+
+async def test_sigterm_with_messages_in_flight_loses_nothing(prefix: str, tmp_path: Path) -> None:
+    log = tmp_path / "handled.log"
+    await publish_jobs(prefix, range(100))
+    process = start(prefix, log, delay=0.2)
+    try:
+        await eventually(lambda: len(handled(log)) >= 15, within=30, what="15 handled")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.to_thread(process.communicate, timeout=60)
+    finally:
+        kill_tree(process)
+    assert process.returncode == 0, stderr
+    done = [n for _, n in handled(log)]
+    assert len(done) == len(set(done)), "a message was handled twice"
+    async with amqp() as channel:
+        left = [json.loads(m.body)["n"] for m in await drain(channel, f"{prefix}.jobs")]
+    assert not set(done) & set(left), "a handled message was not acked"
+    assert sorted(done + left) == list(range(100)), "a message was lost"
+    assert "consumer tests.integration.apps.slow.SlowJob started on" in stderr
+    assert f"SlowJob on {prefix}.jobs: received" in stderr
+
+
+async def test_consumers_resume_after_the_broker_closes_connections(prefix: str) -> None:
+    seen: set[int] = set()
+
+    class Counting(Consumer):
+        queue = f"{prefix}.work"
+        prefetch = 5
+
+        async def handle(self, event: Job, ctx: Context) -> None:
+            await asyncio.sleep(0.02)
+            seen.add(event.n)
+
+    specs = Topology(queues=[QueueSpec(name=f"{prefix}.work")])
+    async with running(Counting, topology=specs) as worker:
+        async with Publisher(settings()) as publisher:
+            await publisher.publish_many(
+                (Job(n=n) for n in range(60)), exchange="", routing_key=f"{prefix}.work"
+            )
+        await eventually(lambda: len(seen) >= 10, what="10 handled")
+        closed = await asyncio.to_thread(
+            subprocess.run,
+            ["rabbitmqctl", "close_all_connections", "kanin test"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert closed.returncode == 0, closed.stderr
+        await eventually(lambda: worker.reconnects >= 1 and worker.ready, what="reconnected")
+        async with Publisher(settings()) as publisher:
+            await publisher.publish_many(
+                (Job(n=n) for n in range(60, 100)), exchange="", routing_key=f"{prefix}.work"
+            )
+        await eventually(lambda: len(seen) == 100, within=30, what="all 100 handled")
+        async with amqp() as channel:
+            await eventually(lambda: True)
+            assert await count(channel, f"{prefix}.work") == 0
+
+
+async def test_processes_share_the_queue(prefix: str, tmp_path: Path) -> None:
+    log = tmp_path / "handled.log"
+    await publish_jobs(prefix, range(40))
+    process = start(prefix, log, "--processes", "2", delay=0.05)
+    try:
+        await eventually(lambda: len(handled(log)) == 40, within=60, what="40 handled")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.to_thread(process.communicate, timeout=60)
+    finally:
+        kill_tree(process)
+    assert process.returncode == 0, stderr
+    pids = {pid for pid, _ in handled(log)}
+    assert len(pids) == 2
+    assert sorted(n for _, n in handled(log)) == list(range(40))
+
+
+def test_no_declare_with_missing_queues_exits_1(prefix: str, tmp_path: Path) -> None:
+    process = start(prefix, tmp_path / "log", "--no-declare")
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert f"missing on the broker: {prefix}.jobs" in stderr
+
+
+def test_run_without_consumers_exits_2() -> None:
+    result = subprocess.run(
+        [KANIN, "run", "json"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "no consumer classes in 'json'" in result.stderr
+    result = subprocess.run(
+        [KANIN, "run", "no.such.module"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "cannot import 'no.such.module'" in result.stderr
+
+
+def kanin_publish(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [KANIN, "publish", *args],
+        env={**os.environ, "KANIN_BROKER_URL": AMQP_URL},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_kanin_publish(prefix: str, tmp_path: Path) -> None:
+    async with amqp() as channel:
+        await channel.declare_queue(f"{prefix}.in", durable=True)
+        body = tmp_path / "order.json"
+        body.write_text('{"n": 9}')
+        result = await asyncio.to_thread(
+            kanin_publish, "", f"{prefix}.in", "--data", f"@{body}", "--type", "test.job",
+            "-H", "tenant=acme", "-H", "x-event-version=2", "--count", "3",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert f"published 3 messages to the default exchange [{prefix}.in]" in result.stdout
+        messages = await drain(channel, f"{prefix}.in")
+    assert len(messages) == 3
+    assert len({m.message_id for m in messages}) == 3
+    first = messages[0]
+    assert (first.body, first.type, first.content_type) == (
+        b'{"n": 9}',
+        "test.job",
+        "application/json",
+    )
+    assert first.headers == {"x-attempt": 1, "x-event-version": 2, "tenant": "acme"}
+
+    unroutable = await asyncio.to_thread(kanin_publish, "", f"{prefix}.absent", "--data", "{}")
+    assert unroutable.returncode == 1
+    assert "routed routing key" in unroutable.stderr
+    bad = await asyncio.to_thread(kanin_publish, "", f"{prefix}.in", "--data", "{nope")
+    assert bad.returncode == 2
+    assert "--data is not JSON" in bad.stderr
+
+
+async def test_forked_workers_stop_when_their_parent_is_killed(prefix: str, tmp_path: Path) -> None:
+    log = tmp_path / "handled.log"
+    await publish_jobs(prefix, range(4))
+    process = start(prefix, log, "--processes", "2", delay=0.01)
+    try:
+        await eventually(lambda: len(handled(log)) == 4, within=60, what="4 handled")
+        children = {pid for pid, _ in handled(log)}
+        process.send_signal(signal.SIGKILL)  # the parent only: no chance to forward anything
+        process.wait(timeout=30)
+
+        def gone() -> bool:
+            return all(not Path(f"/proc/{pid}").exists() for pid in children)
+
+        await eventually(gone, within=30, what="orphaned workers stopped")
+    finally:
+        kill_tree(process)
+
+
+async def test_reconnecting_to_a_deleted_queue_does_not_pile_up_connections(
+    prefix: str, admin
+) -> None:  # type: ignore[no-untyped-def]
+    class Lonely(Consumer):
+        queue = f"{prefix}.work"
+
+        async def handle(self, event: Job, ctx: Context) -> None:
+            pass
+
+    name = f"{prefix}-svc"
+    specs = Topology(queues=[QueueSpec(name=f"{prefix}.work")])
+    async with running(Lonely, topology=specs, service_name=name) as worker:
+        async with amqp() as channel:
+            await channel.queue_delete(f"{prefix}.work")  # consume now fails on every try
+        await eventually(lambda: not worker.ready, what="consumer lost")
+        await asyncio.sleep(4)  # several reconnect attempts (0.2 s, 0.4 s, 0.8 s, 1.6 s ...)
+
+        def open_connections() -> int:
+            return sum(
+                1
+                for c in admin.request("GET", "connections")
+                if (c.get("client_properties") or {}).get("connection_name") == name
+            )
+
+        await asyncio.sleep(5.5)  # the management API's statistics lag a few seconds
+        assert open_connections() <= 1

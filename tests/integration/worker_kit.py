@@ -1,0 +1,97 @@
+"""Helpers for running a real Worker in the test's event loop against the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from framework import Consumer, Settings, Worker
+from framework.topology import Topology
+from tests.conftest import AMQP_URL
+
+
+def settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "broker_url": AMQP_URL,
+        "topology": "does-not-exist.yaml",
+        "shutdown_grace": 5.0,
+        "publish_timeout": 10.0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@asynccontextmanager
+async def running(
+    *consumers: type[Consumer], topology: Topology | None = None, **overrides: Any
+) -> AsyncIterator[Worker]:
+    worker = Worker(list(consumers), settings(**overrides), topology=topology)
+    task = asyncio.create_task(worker.run())
+    try:
+        while not worker.ready:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.02)
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def eventually(check: Callable[[], bool], within: float = 15.0, what: str = "") -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not within {within}s: {what or check}")
+
+
+async def drain(channel: AbstractChannel, queue: str) -> list[AbstractIncomingMessage]:
+    """Every message now in ``queue`` (taken off it)."""
+    q = await channel.get_queue(queue, ensure=False)
+    out = []
+    while (message := await q.get(fail=False, no_ack=True)) is not None:
+        out.append(message)
+    return out
+
+
+async def wait_for_messages(
+    channel: AbstractChannel, queue: str, count: int, within: float = 15.0
+) -> list[AbstractIncomingMessage]:
+    got: list[AbstractIncomingMessage] = []
+    deadline = time.monotonic() + within
+    while len(got) < count and time.monotonic() < deadline:
+        got += await drain(channel, queue)
+        await asyncio.sleep(0.05)
+    assert len(got) >= count, f"{len(got)} of {count} messages in {queue} after {within}s"
+    return got
+
+
+async def count(channel: AbstractChannel, queue: str) -> int:
+    declared = await channel.declare_queue(queue, passive=True)
+    return int(declared.declaration_result.message_count or 0)
+
+
+@asynccontextmanager
+async def amqp() -> AsyncIterator[AbstractChannel]:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        yield await connection.channel()
+
+
+def kill_tree(process: subprocess.Popen[str]) -> None:
+    """SIGKILL a process started with start_new_session=True, with everything it forked."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)

@@ -1,0 +1,106 @@
+"""The installed `kanin` console script: output and exit codes (0 ok, 1 runtime, 2 usage/config)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+KANIN = str(Path(sys.executable).parent / "kanin")
+
+
+def kanin(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [KANIN, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_version() -> None:
+    result = kanin("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("kanin 0.")
+
+
+def test_validate_prints_a_summary() -> None:
+    result = kanin("topology", "validate", "config/topology.yaml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "config/topology.yaml: ok",
+        "  2 exchanges, 5 queues, 8 bindings",
+        "  generated: 16 retry queues, 5 dead-letter queues",
+    ]
+
+
+def test_validate_defaults_to_the_configured_file(tmp_path: Path) -> None:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "topology.yaml").write_text("queues:\n  - name: only\n")
+    result = kanin("topology", "validate", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "1 queue, 0 bindings" in result.stdout
+
+
+def test_invalid_file_exits_2_with_file_line_and_reason(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("queues:\n  - name: a\n    retry:\n      attempts: zero\n")
+    result = kanin("topology", "validate", str(bad))
+    assert result.returncode == 2
+    assert f"{bad}:4:7: queues[0].retry.attempts: Input should be a valid integer" in result.stderr
+    assert "invalid topology: 1 problem" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_yaml_syntax_error_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("queues: [\n")
+    result = kanin("topology", "apply", str(bad))
+    assert result.returncode == 2
+    assert f"{bad}:2:1: YAML syntax error" in result.stderr
+
+
+def test_missing_file_exits_2(tmp_path: Path) -> None:
+    result = kanin("topology", "validate", str(tmp_path / "absent.yaml"))
+    assert result.returncode == 2
+    assert "cannot read file" in result.stderr
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    assert kanin("topology", "validate", "--frobnicate").returncode == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["topology"], ["topology", "validate"], ["topology", "plan"], ["topology", "apply"]],
+)
+def test_help_everywhere(args: list[str]) -> None:
+    result = kanin(*args, "--help")
+    assert result.returncode == 0
+    assert "Usage: kanin" in result.stdout
+
+
+def test_python_dash_m() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "framework", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("kanin ")
+
+
+def test_readme_example_runs() -> None:
+    """The Python example in the README defines a working consumer."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme, re.S)
+    assert code is not None
+    namespace: dict[str, object] = {"__name__": "readme_example"}
+    exec(compile(code.group(1), "README.md", "exec"), namespace)
+    consumer = namespace["ReserveInventory"]
+    assert consumer.event_classes() == {"order.placed": namespace["OrderPlaced"]}  # type: ignore[attr-defined]
+    assert namespace["OrderPlaced"].event_exchange == "shop.events"  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""The example shop's consumer classes (orders, inventory, payments, shipping, notifications)."""
