@@ -28,6 +28,7 @@ lint: install
 	$(BIN)/mypy
 
 bench: install services
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	@set -e; found=0; for f in tests/bench/*.py; do \
 		[ -e "$$f" ] || continue; found=1; echo "== $$f"; $(BIN)/python "$$f"; done; \
 		[ $$found = 1 ] || echo "no benchmarks yet (tests/bench/ is empty)"

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Mapping
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from opentelemetry.trace import TracerProvider
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from framework.errors import BrokerUnavailable, PublishFailed
 from framework.events import Event, new_message_id
+from framework.metrics import Histogram
 from framework.settings import Settings
+from framework.tracing import Tracing
 from framework.transport.amqp import (
     CONNECTION_ERRORS,
     Properties,
@@ -103,8 +108,18 @@ class _OwnConnection:
 class Publisher:
     """Publishes events to RabbitMQ. Use ``async with Publisher(settings) as publisher``."""
 
-    def __init__(self, settings: Settings, source: ChannelSource | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        source: ChannelSource | None = None,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
         self.settings = settings
+        # the given provider, else the application's global SDK one, else no spans
+        self.tracing = Tracing.default(tracer_provider)
+        self.published: dict[str, int] = {}  # confirmed, by exchange
+        self.failures: dict[str, int] = {}  # unroutable, nacked or timed out, by exchange
+        self.confirm_latency = Histogram()
         self._own = _OwnConnection(settings) if source is None else None
         self._source: ChannelSource = source if source is not None else self._own  # type: ignore[assignment]
 
@@ -146,7 +161,9 @@ class Publisher:
             persistent=persistent,
         )
         key = event.event_type if routing_key is None else routing_key
-        await self.publish_raw(self._target(event, exchange), key, event.to_json(), properties)
+        target, body = self._target(event, exchange), event.to_json()
+        with self.tracing.send(target, key, properties, len(body)):
+            await self.publish_raw(target, key, body, properties)
         return str(properties.message_id)
 
     async def publish_many(
@@ -179,15 +196,33 @@ class Publisher:
                 event.event_type if routing_key is None else routing_key
             )
 
-        try:
-            channel = await self._source.publish_channel()
-            messages = [(*target(e), body, p) for e, p, body in batch]
-            await channel.publish_batch(messages, confirm_timeout=timeout)
-        except (*CONNECTION_ERRORS, BrokerUnavailable) as exc:
-            log.warning("batch publish failed (%s); sending it again one by one", exc)
-            for e, p, body in batch:
-                await self.publish_raw(*target(e), body, p)
+        messages = [(*target(e), body, p) for e, p, body in batch]
+        with ExitStack() as spans:
+            if self.tracing.enabled:  # one send span per message, open until its confirm
+                for ex, key, body, p in messages:
+                    spans.enter_context(self.tracing.send(ex, key, p, len(body)))
+            try:
+                channel = await self._source.publish_channel()
+                started = time.perf_counter()
+                await channel.publish_batch(messages, confirm_timeout=timeout)
+                self._confirmed(messages, time.perf_counter() - started)
+            except (*CONNECTION_ERRORS, BrokerUnavailable) as exc:
+                log.warning("batch publish failed (%s); sending it again one by one", exc)
+                for message in messages:
+                    await self.publish_raw(*message)
+            except Exception:
+                self._failed(messages)
+                raise
         return [str(p.message_id) for _, p, _ in batch]
+
+    def _confirmed(self, messages: list[tuple[str, str, bytes, Properties]], took: float) -> None:
+        for exchange, *_ in messages:
+            self.published[exchange] = self.published.get(exchange, 0) + 1
+            self.confirm_latency.observe(took)
+
+    def _failed(self, messages: list[tuple[str, str, bytes, Properties]]) -> None:
+        for exchange, *_ in messages:
+            self.failures[exchange] = self.failures.get(exchange, 0) + 1
 
     def _target(self, event: Event, exchange: str | None) -> str:
         if exchange is not None:
@@ -204,13 +239,19 @@ class Publisher:
         async def once() -> None:
             channel = await self._source.publish_channel()
             timeout = self.settings.publish_timeout
+            started = time.perf_counter()
             await channel.publish(exchange, routing_key, body, properties, confirm_timeout=timeout)
+            self._confirmed([message], time.perf_counter() - started)
 
+        message = (exchange, routing_key, body, properties)
         try:  # the common case, without the retry machinery
             await once()
             return
         except (*CONNECTION_ERRORS, BrokerUnavailable) as exc:
             log.warning("publish to %r failed (%s); retrying", exchange, exc or type(exc).__name__)
+        except Exception:
+            self._failed([message])
+            raise
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type((*CONNECTION_ERRORS, BrokerUnavailable)),
@@ -220,7 +261,10 @@ class Publisher:
             ):
                 with attempt:
                     await once()
-        except (*CONNECTION_ERRORS, BrokerUnavailable) as exc:
+        except Exception as exc:
+            self._failed([message])
+            if not isinstance(exc, (*CONNECTION_ERRORS, BrokerUnavailable)):
+                raise
             raise PublishFailed(
                 f"could not publish to {exchange!r} within {self.settings.publish_timeout:g}s: "
                 f"{exc or type(exc).__name__}"

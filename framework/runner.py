@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +20,10 @@ from framework.consumer import Consumer, Context, text
 from framework.errors import KaninError, Reject, Retry
 from framework.events import DecodeError, Event
 from framework.idempotency import IdempotencyStore, Status, StoreUnavailable, scoped_key
+from framework.metrics import Histogram
 from framework.retry import RetryPolicy, Verdict, classify, dead_letter_message, retry_message
 from framework.topology.model import QueueSpec
+from framework.tracing import current, failed
 from framework.transport.amqp import Delivery, Properties
 
 if TYPE_CHECKING:
@@ -33,6 +36,7 @@ POSTPONE_MS = 1000  # how long an in-progress or store-blocked message waits bef
 @dataclass
 class Stats:
     received: int = 0
+    acked: int = 0  # acknowledgements sent (handled, duplicates and moved messages)
     handled: int = 0
     retried: int = 0
     dead_lettered: int = 0
@@ -91,6 +95,8 @@ class Runner:
         self.retention = cls.idempotency_retention or settings.idempotency_retention
         self.worker = worker
         self.stats = Stats()
+        self.durations = Histogram()
+        self.tracing = worker.tracing
         self.in_flight: set[asyncio.Task[Any]] = set()
         self.log = logging.getLogger(f"kanin.consumer.{cls.__name__}")
 
@@ -98,12 +104,15 @@ class Runner:
         task = asyncio.current_task()
         assert task is not None  # aiormq runs every delivery in its own task
         self.in_flight.add(task)
+        attempt = attempt_of(delivery.headers)
         try:
             if self.limit is None:
-                await self.process(delivery)
+                with self.tracing.process(delivery, self.queue, attempt):
+                    await self.process(delivery, attempt)
             else:
                 async with self.limit:
-                    await self.process(delivery)
+                    with self.tracing.process(delivery, self.queue, attempt):
+                        await self.process(delivery, attempt)
         except asyncio.CancelledError:
             if not delivery.channel.is_settled(delivery.delivery_tag):
                 await delivery.channel.nack(delivery.delivery_tag, requeue=True)
@@ -112,9 +121,8 @@ class Runner:
         finally:
             self.in_flight.discard(task)
 
-    async def process(self, delivery: Delivery) -> None:
+    async def process(self, delivery: Delivery, attempt: int) -> None:
         self.stats.received += 1
-        attempt = attempt_of(delivery.headers)
         try:
             event = self.decode(delivery)
         except DecodeError as exc:
@@ -131,21 +139,26 @@ class Runner:
             if claim.status is Status.DONE:
                 delivery.channel.ack(delivery.delivery_tag)
                 self.stats.duplicates += 1
+                if self.tracing.enabled:
+                    _event("duplicate", {"kanin.reason": "already handled"})
                 self.log.debug("duplicate %s (key %s) acked, not handled", _id(delivery), key)
                 return
             if claim.status is Status.IN_PROGRESS:
                 await self.postpone(delivery, attempt, f"key {key} is being handled elsewhere")
                 return
             token = claim.token
+        started = time.perf_counter()
         try:
             await self.call(event, self.context(delivery, attempt))
         except BaseException as exc:
+            self.durations.observe(time.perf_counter() - started)
             if token:
                 await self.forget(key, token)
             if not isinstance(exc, Exception):
                 raise
             await self.recover(delivery, attempt, exc)
             return
+        self.durations.observe(time.perf_counter() - started)
         if token:
             await self.remember(key, token)
         delivery.channel.ack(delivery.delivery_tag)
@@ -218,8 +231,14 @@ class Runner:
     async def recover(self, delivery: Delivery, attempt: int, exc: Exception) -> None:
         """After a failure: the next wait queue, or the DLQ, as ``classify`` decides."""
         verdict = classify(exc, attempt, self.policy)
+        failed(current(), exc, verdict.error_type)
         if verdict.action == "retry":
             target = self.spec.wait_queue(attempt)
+            _event("retry", {
+                "kanin.attempt": attempt, "kanin.next_attempt": attempt + 1,
+                "kanin.retry_queue": target, "kanin.delay_ms": self.ttls[attempt - 1],
+                "error.type": verdict.error_type, "kanin.reason": verdict.reason[:200],
+            })  # fmt: skip
             self.log.warning(
                 "attempt %d of %s failed (%s: %s); retrying via %s",
                 attempt, _id(delivery), verdict.error_type, verdict.reason, target,
@@ -228,6 +247,10 @@ class Runner:
             if await self.move(delivery, target, properties):
                 self.stats.retried += 1
             return
+        _event("dead_letter", {
+            "kanin.attempt": attempt, "kanin.dlq": self.spec.dlq if self.spec.dead_letter else "",
+            "error.type": verdict.error_type, "kanin.reason": verdict.reason[:200],
+        })  # fmt: skip
         if not self.spec.dead_letter:
             self.log.error(
                 "message %s rejected without a DLQ (dead_letter: false): %s: %s",
@@ -248,6 +271,7 @@ class Runner:
     async def postpone(self, delivery: Delivery, attempt: int, reason: str) -> None:
         """Try again shortly without using up an attempt (key busy elsewhere, store down)."""
         self.stats.postponed += 1
+        _event("postponed", {"kanin.attempt": attempt, "kanin.reason": reason[:200]})
         self.log.debug("message %s postponed: %s", _id(delivery), reason)
         if self.ttls:  # the first wait queue, with a shorter per-message expiration
             verdict = Verdict("retry", "Postponed", reason, POSTPONE_MS / 1000)
@@ -271,6 +295,13 @@ class Runner:
             return False
         delivery.channel.ack(delivery.delivery_tag)
         return True
+
+
+def _event(name: str, attributes: dict[str, Any]) -> None:
+    """A span event on the message's process span (retry, DLQ move, duplicate...)."""
+    span = current()
+    if span is not None:
+        span.add_event(name, attributes)
 
 
 def _id(delivery: Delivery) -> str:

@@ -8,6 +8,7 @@ password is split off the URL into a ``SecretStr`` as soon as the settings are b
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -79,6 +80,12 @@ class Settings(BaseSettings):
     )
     shutdown_grace: float = Field(
         30.0, ge=0, description="seconds in-flight handlers get to finish on SIGTERM"
+    )
+    http_port: int | None = Field(
+        None, ge=0, le=65535, description="port of /metrics, /healthz and /readyz; unset: none"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="worker log lines: text or json"
     )
 
     @field_validator("broker_url")

@@ -18,16 +18,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from aio_pika.abc import AbstractConnection
+from opentelemetry.trace import TracerProvider
 
 from framework.consumer import Consumer
 from framework.errors import BrokerError, ConfigError
 from framework.idempotency import IdempotencyStore, open_store
+from framework.probes import ProbeServer
 from framework.publisher import Publisher
 from framework.runner import Runner
 from framework.settings import Settings
 from framework.topology.declare import Declarer
 from framework.topology.expand import expand, recovery_queues
 from framework.topology.model import QueueSpec, Topology
+from framework.tracing import Tracing
 from framework.transport.amqp import (
     CONNECTION_ERRORS,
     ConsumerChannel,
@@ -73,6 +76,7 @@ class Worker:
         topology: Topology | None = None,
         declare: bool = True,
         topology_file: str = "",
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         if not consumers:
             raise ConfigError("no consumer classes to run")
@@ -81,7 +85,9 @@ class Worker:
         self.topology_file = topology_file or str(settings.topology)
         specs = {q.name: q for q in self.topology.queues}
         self.declare = declare
-        self.publisher = Publisher(settings, source=self)
+        # tracing: the given provider, else the application's global SDK one, else off
+        self.tracing = Tracing.default(tracer_provider)
+        self.publisher = Publisher(settings, source=self, tracer_provider=self.tracing.provider)
         self.stores: dict[str, IdempotencyStore | None] = {}
         self.runners = [
             Runner(
@@ -101,6 +107,9 @@ class Worker:
         self._lost = asyncio.Event()
         self._stopping = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
+        self.probes = (
+            ProbeServer(self, settings.http_port) if settings.http_port is not None else None
+        )
 
     def _store(self, url: str) -> IdempotencyStore | None:
         if url not in self.stores:
@@ -109,7 +118,19 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        return self._connected.is_set() and all(ch.is_open for ch in self._channels)
+        return not self.unready()
+
+    def unready(self) -> list[str]:
+        """Why the worker is not consuming on every queue right now (empty: it is)."""
+        if self._stopping.is_set():
+            return ["stopping"]
+        if not self._connected.is_set():
+            return ["not connected to the broker"]
+        return [
+            f"consumer of {ch.queue} {'cancelled by the broker' if ch.cancelled.done() else 'lost'}"
+            for ch in self._channels
+            if not ch.is_open
+        ]
 
     def stop(self) -> None:
         self._stopping.set()
@@ -122,6 +143,8 @@ class Worker:
             await self.shutdown()
 
     async def start(self) -> None:
+        if self.probes is not None:  # /healthz answers while the worker connects
+            await self.probes.start()
         for runner in self.runners:
             await runner.consumer.on_startup()
         await self._prepare_topology()
@@ -182,7 +205,7 @@ class Worker:
         self._publish = None
         for runner in self.runners:
             channel = ConsumerChannel(
-                await raw_channel(self._connection), runner.queue, runner.prefetch
+                await raw_channel(self._connection), runner.queue, runner.prefetch, runner.stats
             )
             await channel.start(runner.on_delivery)
             self._channels.append(channel)
@@ -262,5 +285,7 @@ class Worker:
         for store in self.stores.values():
             if store is not None:
                 await store.close()
+        if self.probes is not None:
+            await self.probes.close()
         for runner in self.runners:
             log.info("%s on %s: %s", runner.name, runner.queue, runner.stats)

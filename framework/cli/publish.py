@@ -12,6 +12,7 @@ import typer
 from framework.cli.app import BrokerOpt, app, load_settings, reported
 from framework.errors import ConfigError
 from framework.publisher import Publisher, envelope_for
+from framework.tracing import provider_from_env
 
 
 def _body(data: str) -> bytes:
@@ -53,26 +54,37 @@ def publish(
     count: Annotated[int, typer.Option(min=1, help="Publish this many copies.")] = 1,
     broker_url: BrokerOpt = None,
 ) -> None:
-    """Publish a JSON message, confirmed and mandatory (unroutable: exit 1)."""
+    """Publish a JSON message, confirmed and mandatory (unroutable: exit 1).
+
+    With OTEL_EXPORTER_OTLP_ENDPOINT set, each message starts a trace (docs/tracing.md).
+    """
     with reported():
         settings = load_settings(broker_url=broker_url)
         body = _body(data)
         extra = _headers(header or [])
+        provider = provider_from_env(settings.service_name)
 
         async def send() -> list[str]:
-            async with Publisher(settings) as publisher:
+            async with Publisher(settings, tracer_provider=provider) as publisher:
                 batch = [
                     envelope_for(
                         type_, 1 if type_ else None, app_id=settings.service_name, headers=extra
                     )
                     for _ in range(count)
                 ]
-                await asyncio.gather(
-                    *(publisher.publish_raw(exchange, routing_key, body, p) for p in batch)
-                )
+
+                async def one(properties: Any) -> None:
+                    with publisher.tracing.send(exchange, routing_key, properties, len(body)):
+                        await publisher.publish_raw(exchange, routing_key, body, properties)
+
+                await asyncio.gather(*(one(p) for p in batch))
                 return [str(p.message_id) for p in batch]
 
-        ids = asyncio.run(send())
+        try:
+            ids = asyncio.run(send())
+        finally:
+            if provider is not None:
+                provider.shutdown()
         where = f"exchange {exchange!r}" if exchange else "the default exchange"
         typer.echo(
             f"published {count} message{'s' if count > 1 else ''} to {where} [{routing_key}]"

@@ -7,7 +7,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -17,8 +16,10 @@ from framework.cli.app import BrokerOpt, app, load_settings, reported
 from framework.consumer import Consumer
 from framework.errors import KaninError
 from framework.loading import load_consumers
+from framework.logs import configure as configure_logging
 from framework.settings import Settings
 from framework.topology import Topology, load_topology
+from framework.tracing import provider_from_env
 from framework.worker import Worker, queue_specs
 
 log = logging.getLogger("kanin.run")
@@ -50,29 +51,54 @@ def run_worker(
     topology: Topology | None,
     declare: bool,
     topology_file: str,
+    trace_console: bool = False,
     parent: int | None = None,
 ) -> None:
-    """Run one worker in this process until SIGTERM or SIGINT (or ``parent`` exits)."""
+    """Run one worker in this process until SIGTERM or SIGINT (or ``parent`` exits).
+
+    Tracing is set up here, in the process that runs the worker (after any fork), from
+    the ``OTEL_*`` variables; its spans are flushed before the process ends.
+    """
+    provider = provider_from_env(settings.service_name, console=trace_console)
 
     async def main() -> None:
         worker = Worker(
-            consumers, settings, topology=topology, declare=declare, topology_file=topology_file
+            consumers,
+            settings,
+            topology=topology,
+            declare=declare,
+            topology_file=topology_file,
+            tracer_provider=provider,
         )
         await _serve(worker, parent)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if provider is not None:
+            provider.shutdown()
 
 
-def _child(*args: object) -> None:
+def _child(index: int, settings: Settings, *args: object) -> None:
+    if settings.http_port:  # each process serves its own probes: port, port + 1, ...
+        settings = settings.model_copy(update={"http_port": settings.http_port + index})
     with reported(quiet_client=False):
-        run_worker(*args)  # type: ignore[arg-type]
+        run_worker(args[0], settings, *args[1:])  # type: ignore[arg-type]
 
 
-def _run_processes(count: int, *args: object) -> int:
+def _run_processes(
+    count: int, consumers: list[type[Consumer]], settings: Settings, *args: object
+) -> int:
     """Fork ``count`` workers; forward SIGTERM/SIGINT to them; exit with the worst code."""
     context = multiprocessing.get_context("fork")
-    args = (*args, os.getpid())
-    children = [context.Process(target=_child, args=args, name=f"kanin-{i}") for i in range(count)]
+    children = [
+        context.Process(
+            target=_child,
+            args=(i, settings, consumers, *args, os.getpid()),
+            name=f"kanin-{i}",
+        )
+        for i in range(count)
+    ]
     for child in children:
         child.start()
 
@@ -110,18 +136,43 @@ def run(
         bool, typer.Option("--no-declare", help="Check the queues exist instead of declaring.")
     ] = False,
     broker_url: BrokerOpt = None,
+    http_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve /metrics, /healthz and /readyz on this port (process i: port + i). "
+            "Default: $KANIN_HTTP_PORT, else none.",
+            show_default=False,
+        ),
+    ] = None,
+    trace_console: Annotated[
+        bool, typer.Option("--trace-console", help="Also print every span to stdout.")
+    ] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            help="text or json. Default: $KANIN_LOG_FORMAT, else text.", show_default=False
+        ),
+    ] = None,
 ) -> None:
-    """Run consumer classes until SIGTERM or SIGINT (in-flight handlers finish first)."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """Run consumer classes until SIGTERM or SIGINT (in-flight handlers finish first).
+
+    Tracing follows the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, ...); see docs/tracing.md.
+    """
+    configure_logging(log_level, "text")
     with reported(quiet_client=False):
         settings = load_settings(
-            broker_url=broker_url, prefetch=prefetch, concurrency=concurrency, topology=topology
+            broker_url=broker_url,
+            prefetch=prefetch,
+            concurrency=concurrency,
+            topology=topology,
+            http_port=http_port,
+            log_format=log_format,
         )
+        configure_logging(log_level, settings.log_format)
         consumers = load_consumers(targets)
         path = settings.topology
         loaded: Topology | None = None
@@ -130,9 +181,10 @@ def run(
         else:
             log.info("no topology file at %s: declaring only the consumers' queues", path)
         queue_specs(consumers, loaded)  # unusable consumer classes: exit 2 before forking
+        args = (loaded, not no_declare, str(path), trace_console)
         if processes == 1:
-            run_worker(consumers, settings, loaded, not no_declare, str(path))
+            run_worker(consumers, settings, *args)
             return
-        code = _run_processes(processes, consumers, settings, loaded, not no_declare, str(path))
+        code = _run_processes(processes, consumers, settings, *args)
         if code:
             raise KaninError(f"{processes} worker processes ended, worst exit code {code}")

@@ -93,7 +93,9 @@ class Delivery:
 class ConsumerChannel:
     """One channel consuming one queue with ``prefetch`` unacked messages at most."""
 
-    def __init__(self, channel: AbstractChannel, queue: str, prefetch: int) -> None:
+    def __init__(
+        self, channel: AbstractChannel, queue: str, prefetch: int, counts: Any = None
+    ) -> None:
         self.channel = channel
         self.queue = queue
         self.prefetch = prefetch
@@ -105,7 +107,8 @@ class ConsumerChannel:
         # Ack frames go out in the order they were decided: a later `multiple` ack must
         # not overtake an earlier single ack, or it would settle that tag first.
         self._send_lock = asyncio.Lock()
-        self.acked = 0
+        self.acked = 0  # on this channel
+        self.counts = counts  # anything with an ``acked`` int, counted across channels
         # Done when the broker cancels the consumer (its queue was deleted, say): the
         # channel stays open but nothing arrives any more, so the worker must know.
         self.cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -183,16 +186,21 @@ class ConsumerChannel:
             async with self._send_lock:
                 if multiple:
                     await self.channel.basic_ack(multiple, multiple=True)
-                    self.acked += covered
+                    self._count(covered)
                 for tag in singles:
                     await self.channel.basic_ack(tag)
-                    self.acked += 1
+                    self._count(1)
         except CONNECTION_ERRORS as exc:
             log.warning(
                 "channel of %s closed before its acks were sent (%s): the broker redelivers them",
                 self.queue,
                 exc,
             )
+
+    def _count(self, acks: int) -> None:
+        self.acked += acks
+        if self.counts is not None:
+            self.counts.acked += acks
 
     async def drain(self) -> None:
         """Send every ack that is due, and wait until they are written."""

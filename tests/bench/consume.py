@@ -3,11 +3,15 @@
 Consume: drain a backlog of N persistent ~200-byte JSON messages at prefetch 100.
   - raw aio-pika: queue.consume() with a callback that acks each message;
   - FastStream:   a subscriber with a pydantic model argument (validation), acks on success;
-  - kanin:        a Worker with a Consumer class (pydantic validation, no-op handler).
+  - kanin:        a Worker with a Consumer class (pydantic validation, no-op handler);
+  - kanin+trace:  the same with tracing on: OpenTelemetry SDK, batch span processor and an
+                  exporter that drops the spans (every message carries a W3C traceparent,
+                  so each process span extracts its parent and links to it).
 Publish: N events, in batches of 1000, waiting for all confirms.
   - raw aio-pika: json.dumps + Message with the same properties and headers as kanin's
                   envelope + gather(exchange.publish) per batch;
-  - kanin:        Publisher.publish_many(events) per batch.
+  - kanin:        Publisher.publish_many(events) per batch;
+  - kanin+trace:  the same with a send span per message.
 
 Runs are interleaved (raw, FastStream, kanin, raw, ...) and each figure is the median of
 the rounds; the time runs from the first message handled to the last one acked, so
@@ -31,6 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aio_pika
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -70,6 +76,20 @@ def payload(i: int) -> dict[str, object]:
 
 
 BODY_SIZE = len(json.dumps(payload(0)).encode())
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+class Dropping(SpanExporter):
+    """Takes finished spans and throws them away: the SDK's cost without the network's."""
+
+    def export(self, spans: object) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def traced() -> TracerProvider:
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Dropping()))
+    return provider
 
 
 class Clock:
@@ -104,7 +124,7 @@ async def fill(channel: aio_pika.abc.AbstractChannel) -> None:
                 channel.default_exchange.publish(
                     aio_pika.Message(
                         body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, type="order.placed",
-                        content_type="application/json",
+                        content_type="application/json", headers={"traceparent": TRACEPARENT},
                     ),
                     routing_key=QUEUE,
                 )
@@ -164,7 +184,7 @@ async def faststream_consume() -> float:
     return clock.rate()
 
 
-async def kanin_consume() -> float:
+async def kanin_consume(provider: TracerProvider | None = None) -> float:
     clock = Clock()
 
     class Reserve(Consumer):
@@ -177,7 +197,7 @@ async def kanin_consume() -> float:
 
     settings = Settings(_env_file=None, broker_url=URL, topology="none.yaml")  # type: ignore[call-arg]
     topology = Topology(queues=[QueueSpec(name=QUEUE, dead_letter=False)])
-    worker = Worker([Reserve], settings, topology=topology)
+    worker = Worker([Reserve], settings, topology=topology, tracer_provider=provider)
     await worker.start()
     try:
         await clock.done.wait()
@@ -253,6 +273,7 @@ def report(
 
 async def main() -> None:
     logging.basicConfig(level=logging.WARNING)
+    tracing = traced()
     connection = await aio_pika.connect(URL)
     async with connection:
         channel = await connection.channel()
@@ -262,13 +283,15 @@ async def main() -> None:
                 "aio-pika": raw_consume,
                 "faststream": faststream_consume,
                 "kanin": kanin_consume,
+                "kanin+trace": lambda: kanin_consume(tracing),
             }
             consume: dict[str, list[float]] = {name: [] for name in contenders}
             consume_cpu: dict[str, list[float]] = {name: [] for name in contenders}
-            publish: dict[str, list[float]] = {"aio-pika": [], "kanin": []}
-            publish_cpu: dict[str, list[float]] = {"aio-pika": [], "kanin": []}
+            publish: dict[str, list[float]] = {"aio-pika": [], "kanin": [], "kanin+trace": []}
+            publish_cpu: dict[str, list[float]] = {name: [] for name in publish}
             settings = Settings(_env_file=None, broker_url=URL)  # type: ignore[call-arg]
-            async with Publisher(settings) as publisher:
+            traced_publisher = Publisher(settings, tracer_provider=tracing)
+            async with Publisher(settings) as publisher, traced_publisher:
                 for _ in range(ROUNDS):
                     for name, run in contenders.items():
                         await fill(channel)
@@ -279,12 +302,18 @@ async def main() -> None:
                     await purge(channel)
                     own = await measured(lambda: kanin_publish(publisher), publish_cpu["kanin"])
                     publish["kanin"].append(own)
+                    await purge(channel)
+                    with_spans = await measured(
+                        lambda: kanin_publish(traced_publisher), publish_cpu["kanin+trace"]
+                    )
+                    publish["kanin+trace"].append(with_spans)
             report("consume", consume, consume_cpu, "aio-pika")
             fs = statistics.median(consume["faststream"])
             print(f"  kanin / faststream: {statistics.median(consume['kanin']) / fs:.2f}x")
             report("publish (confirmed, batches of 1000)", publish, publish_cpu, "aio-pika")
         finally:
             await channel.queue_delete(QUEUE)
+            tracing.shutdown()
 
 
 if __name__ == "__main__":

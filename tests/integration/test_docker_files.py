@@ -4,7 +4,9 @@ broker with the compose environment pointed at this machine."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,8 @@ import pytest
 import yaml
 
 from tests.conftest import BrokerAdmin
+from tests.integration.otlp import Receiver, receiving
+from tests.integration.worker_kit import eventually, kill_tree
 
 pytestmark = pytest.mark.integration
 
@@ -68,3 +72,81 @@ def test_topology_service_command_applies_against_a_real_broker(
     assert "0 already there" in result.stdout
     queues = {q["name"] for q in admin.request("GET", f"queues/{vhost}")}
     assert {"inventory.reserve", "inventory.reserve.dlq", "payments.charge.retry.5"} <= queues
+
+
+WORKERS = ("inventory", "payments", "shipping", "notifications")
+
+
+def local_env(service: dict, vhost: str, otlp: Receiver, **extra: str) -> dict[str, str]:
+    """A compose service's environment, with the compose hosts replaced by this machine's."""
+    env = {k: str(v) for k, v in service["environment"].items()}
+    env["KANIN_BROKER_URL"] = env["KANIN_BROKER_URL"].replace(
+        "kanin:kanin@rabbitmq:5672/", f"guest:guest@127.0.0.1:5672/{vhost}"
+    )
+    env["KANIN_MANAGEMENT_URL"] = env["KANIN_MANAGEMENT_URL"].replace("rabbitmq", "127.0.0.1")
+    env["KANIN_IDEMPOTENCY_URL"] = env["KANIN_IDEMPOTENCY_URL"].replace("//redis:", "//127.0.0.1:")
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = env["OTEL_EXPORTER_OTLP_ENDPOINT"].replace(
+        "http://jaeger:4318", otlp.endpoint
+    )
+    env["OTEL_BSP_SCHEDULE_DELAY"] = "200"
+    return {"PATH": os.environ["PATH"], **env, **extra}
+
+
+async def test_compose_workers_trace_an_order_through_the_shop(vhost: str, tmp_path: Path) -> None:
+    """The worker services as compose starts them (commands, env), against this machine's
+    RabbitMQ, Redis and an OTLP receiver in Jaeger's place: one order, one trace."""
+    services = compose()["services"]
+    processes: list[subprocess.Popen[str]] = []
+    with receiving() as otlp:
+        try:
+            for name in WORKERS:
+                service = services[name]
+                assert service["environment"]["OTEL_SERVICE_NAME"] == name
+                err = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115, ASYNC230
+                processes.append(
+                    subprocess.Popen(  # noqa: ASYNC220
+                        [KANIN, *service["command"]],
+                        env=local_env(
+                            service, vhost, otlp, KANIN_HTTP_PORT="0", SHOP_PAYMENT_FAILURE_RATE="0"
+                        ),
+                        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=err, stderr=err, text=True,
+                        start_new_session=True,
+                    )
+                )  # fmt: skip
+            for name, process in zip(WORKERS, processes, strict=True):
+                log = tmp_path / f"{name}.log"
+                await eventually(
+                    lambda: "started on" in log.read_text() or process.poll() is not None,  # noqa: B023
+                    within=60,
+                    what=f"{name} started",
+                )
+                assert process.poll() is None, log.read_text()[-2000:]
+            orders = services["orders"]
+            placed = subprocess.run(  # noqa: ASYNC221
+                [sys.executable, *orders["entrypoint"][1:], "1"],
+                env=local_env(orders, vhost, otlp),
+                cwd=ROOT, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert placed.returncode == 0, placed.stderr
+
+            def services_in_one_trace() -> set[str]:
+                by_trace: dict[bytes, set[str]] = {}
+                for service_name, span in otlp.spans():
+                    by_trace.setdefault(span.trace_id, set()).add(service_name)
+                return max(by_trace.values(), key=len, default=set())
+
+            await eventually(
+                lambda: services_in_one_trace() == {"orders", *WORKERS},
+                within=60,
+                what="orders, inventory, payments, shipping, notifications in one trace",
+            )
+        finally:
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+            for process in processes:
+                try:
+                    process.wait(timeout=30)
+                finally:
+                    kill_tree(process)
+    for process, name in zip(processes, WORKERS, strict=True):
+        assert process.returncode == 0, (tmp_path / f"{name}.log").read_text()[-2000:]

@@ -214,7 +214,10 @@ async def test_killed_worker_mid_handler_event_is_handled_once_after_redelivery(
         async with Publisher(settings()) as publisher:
             for n in range(1, 6):
                 await publisher.publish(
-                    Job(n=n), exchange="", routing_key=f"{prefix}.jobs", idempotency_key=f"{prefix}:{n}"
+                    Job(n=n),
+                    exchange="",
+                    routing_key=f"{prefix}.jobs",
+                    idempotency_key=f"{prefix}:{n}",
                 )
         await eventually(lambda: "start 3" in handled_lines(log), within=30, what="3 started")
         # Kill only once 1, 2, 4 and 5 are recorded as done: a process killed between a

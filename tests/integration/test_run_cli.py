@@ -255,3 +255,35 @@ async def test_reconnecting_to_a_deleted_queue_does_not_pile_up_connections(
 
         await asyncio.sleep(5.5)  # the management API's statistics lag a few seconds
         assert open_connections() <= 1
+
+
+async def test_json_logs_and_console_spans(prefix: str, tmp_path: Path) -> None:
+    """--log-format json: every stderr line is a JSON object, handling lines carry the
+    trace and span ids of the spans --trace-console prints; the password never shows."""
+    log = tmp_path / "handled.log"
+    process = start(
+        prefix, log, "--log-format", "json", "--trace-console", "--log-level", "DEBUG", delay=0
+    )
+    try:
+        await publish_jobs(prefix, range(2))
+        await eventually(lambda: len(handled(log)) == 2, within=30, what="2 handled")
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = await asyncio.to_thread(process.communicate, timeout=30)
+    finally:
+        kill_tree(process)
+    assert process.returncode == 0, stderr[-2000:]
+    lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
+    assert {"time", "level", "logger", "message", "trace_id", "span_id"} <= set(lines[0])
+    started = [x for x in lines if "started on" in x["message"]]
+    assert started and started[0]["trace_id"] is None
+    password = AMQP_URL.split(":")[2].split("@")[0]
+    assert f":{password}@" not in stderr and f":{password}@" not in stdout
+
+    spans = json.loads("[" + stdout.replace("}\n{", "},\n{") + "]")  # ConsoleSpanExporter
+    name = f"process amq.default:{prefix}.jobs:{prefix}.jobs"
+    processed = [s for s in spans if s["name"] == name]
+    assert len(processed) == 2
+    assert {s["kind"] for s in processed} == {"SpanKind.CONSUMER"}
+    span_ids = {s["context"]["span_id"].removeprefix("0x") for s in processed}
+    in_span = [x for x in lines if x["span_id"] is not None]
+    assert in_span and {x["span_id"] for x in in_span} <= span_ids

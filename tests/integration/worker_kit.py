@@ -35,7 +35,13 @@ def settings(**overrides: Any) -> Settings:
 async def running(
     *consumers: type[Consumer], topology: Topology | None = None, **overrides: Any
 ) -> AsyncIterator[Worker]:
-    worker = Worker(list(consumers), settings(**overrides), topology=topology)
+    async with started(Worker(list(consumers), settings(**overrides), topology=topology)) as w:
+        yield w
+
+
+@asynccontextmanager
+async def started(worker: Worker) -> AsyncIterator[Worker]:
+    """Run ``worker`` in the background from ready until the block ends, then stop it."""
     task = asyncio.create_task(worker.run())
     try:
         while not worker.ready:

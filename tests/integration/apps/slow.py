@@ -20,3 +20,4 @@ class SlowJob(Consumer):
         await asyncio.sleep(float(os.environ.get("KANIN_TEST_DELAY", "0.1")))
         with open(os.environ["KANIN_TEST_LOG"], "a", encoding="utf-8") as log:  # noqa: ASYNC230
             log.write(f"{os.getpid()} {event.n}\n")
+        ctx.logger.debug("job %d done", event.n)

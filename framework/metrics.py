@@ -1,0 +1,126 @@
+"""Prometheus metrics of a worker, read from its counters when scraped.
+
+The hot path only bumps plain integers (``Stats``) and ``Histogram`` buckets; this module
+turns them into Prometheus families at scrape time, so metrics cost nothing per message
+beyond those additions and need no global registry.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+from dataclasses import fields
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from framework.worker import Worker
+
+SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# Stats field -> (metric name, help). Every field of ``runner.Stats`` is exported.
+MESSAGE_COUNTERS = {
+    "received": ("kanin_messages_consumed", "Messages delivered to the consumer."),
+    "acked": ("kanin_messages_acked", "Acknowledgements sent to the broker."),
+    "handled": ("kanin_messages_handled", "Messages whose handler succeeded."),
+    "retried": ("kanin_messages_retried", "Messages moved to a retry wait queue."),
+    "dead_lettered": ("kanin_messages_dead_lettered", "Messages moved to the DLQ (or dropped)."),
+    "duplicates": ("kanin_messages_duplicates", "Duplicates acked without calling the handler."),
+    "postponed": ("kanin_messages_postponed", "Messages postponed (key busy, store down)."),
+    "returned": ("kanin_messages_returned", "Messages given back to their queue."),
+    "no_key": ("kanin_messages_without_key", "Messages handled without deduplication."),
+}
+
+
+class Histogram:
+    """Cumulative-at-scrape histogram: one ``bisect`` and two additions per observation."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float] = SECONDS) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return out
+
+
+class WorkerCollector(Collector):
+    """Everything a worker counts, as Prometheus families."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def collect(self) -> Iterator[Metric]:
+        worker = self.worker
+        labels = ["queue", "consumer"]
+        for field in fields(worker.runners[0].stats):
+            name, text = MESSAGE_COUNTERS[field.name]
+            family = CounterMetricFamily(name, text, labels=labels)
+            for runner in worker.runners:
+                family.add_metric([runner.queue, runner.name], getattr(runner.stats, field.name))
+            yield family
+        durations = HistogramMetricFamily(
+            "kanin_handler_duration_seconds", "Handler run time, per try.", labels=labels
+        )
+        in_flight = GaugeMetricFamily(
+            "kanin_messages_in_flight", "Messages being handled now.", labels=labels
+        )
+        for runner in worker.runners:
+            key = [runner.queue, runner.name]
+            h = runner.durations
+            durations.add_metric(key, h.buckets(), h.total)
+            in_flight.add_metric(key, len(runner.in_flight))
+        yield durations
+        yield in_flight
+        publisher = worker.publisher
+        published = CounterMetricFamily(
+            "kanin_published", "Messages published and confirmed.", labels=["exchange"]
+        )
+        for exchange, count in sorted(publisher.published.items()):
+            published.add_metric([exchange or "amq.default"], count)
+        yield published
+        failures = CounterMetricFamily(
+            "kanin_publish_failures", "Publishes that failed.", labels=["exchange"]
+        )
+        for exchange, count in sorted(publisher.failures.items()):
+            failures.add_metric([exchange or "amq.default"], count)
+        yield failures
+        confirms = HistogramMetricFamily(
+            "kanin_publish_confirm_seconds", "Time from publish to the broker's confirm."
+        )
+        latency = publisher.confirm_latency
+        confirms.add_metric([], latency.buckets(), latency.total)
+        yield confirms
+        yield CounterMetricFamily(
+            "kanin_reconnects", "Reconnections after a lost connection.", value=worker.reconnects
+        )
+        yield GaugeMetricFamily(
+            "kanin_ready", "1 when connected and every consumer is consuming.",
+            value=0 if worker.unready() else 1,
+        )  # fmt: skip
+
+
+def registry(worker: Worker) -> CollectorRegistry:
+    """A registry of its own for ``worker`` (no process-global state)."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(WorkerCollector(worker))
+    return reg

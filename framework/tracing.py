@@ -1,0 +1,226 @@
+"""Spans for every publish and every handled message, as one trace across services.
+
+``send <exchange>:<routing_key>`` (PRODUCER) wraps a publish and writes the W3C context
+into the message headers; ``process <exchange>:<routing_key>:<queue>`` (CONSUMER) wraps
+the whole handling of a delivery, idempotency check and settlement included. Its parent
+is the context extracted from the headers, so Jaeger shows the flow as one trace, and it
+links to that context as the messaging conventions ask. A handler's publishes are
+children of its process span. Retry and DLQ moves keep the headers they came with, so
+every attempt is a child of the original send, and each move is an event on the span.
+
+Off (no provider) means every call returns a shared no-op context manager at once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+
+from framework.errors import ConfigError
+
+_OFF: AbstractContextManager[None] = nullcontext()
+
+
+class _HeaderGetter(Getter[Mapping[str, Any]]):
+    """Reads W3C headers as any AMQP client sent them: ``str``, or ``bytes`` to decode."""
+
+    def get(self, carrier: Mapping[str, Any], key: str) -> list[str] | None:
+        value = carrier.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bytes | bytearray):
+            value = value.decode("utf-8", errors="replace")
+        return [str(value)]
+
+    def keys(self, carrier: Mapping[str, Any]) -> list[str]:
+        return list(carrier)
+
+
+_GETTER = _HeaderGetter()
+
+
+class Tracing:
+    """Makes kanin's spans with ``provider``'s tracer; does nothing when ``provider`` is None."""
+
+    def __init__(self, provider: trace.TracerProvider | None) -> None:
+        self.provider = provider
+        self.enabled = provider is not None
+        self.tracer = provider.get_tracer("kanin") if provider is not None else None
+
+    @classmethod
+    def default(cls, provider: trace.TracerProvider | None = None) -> Tracing:
+        """``provider``, else the application's global SDK provider if it set one, else off."""
+        if provider is None:
+            current = trace.get_tracer_provider()
+            provider = current if isinstance(current, TracerProvider) else None
+        return cls(provider)
+
+    def send(
+        self, exchange: str, routing_key: str, properties: Any, body_size: int
+    ) -> AbstractContextManager[Span | None]:
+        """A PRODUCER span around one publish; its context goes into ``properties.headers``."""
+        if self.tracer is None:
+            return _OFF
+        attributes: dict[str, str | int] = {
+            "messaging.system": "rabbitmq",
+            "messaging.operation.name": "send",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": exchange,
+            "messaging.message.id": str(properties.message_id or ""),
+            "messaging.message.conversation_id": str(properties.correlation_id or ""),
+            "messaging.message.body.size": body_size,
+        }
+        if routing_key:
+            attributes["messaging.rabbitmq.destination.routing_key"] = routing_key
+        span = self.tracer.start_span(
+            f"send {exchange or 'amq.default'}:{routing_key}",
+            kind=SpanKind.PRODUCER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        active = _Active(span)
+        if properties.headers is None:
+            properties.headers = {}
+        propagate.inject(properties.headers, context=active.context)
+        return active
+
+    def process(
+        self, delivery: Any, queue: str, attempt: int
+    ) -> AbstractContextManager[Span | None]:
+        """A CONSUMER span around the handling of ``delivery``; current while it lasts."""
+        if self.tracer is None:
+            return _OFF
+        parent = propagate.extract(delivery.headers, getter=_GETTER)
+        producer = trace.get_current_span(parent).get_span_context()
+        properties = delivery.properties
+        exchange, routing_key = delivery.exchange, delivery.routing_key
+        attributes: dict[str, str | int] = {
+            "messaging.system": "rabbitmq",
+            "messaging.operation.name": "process",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": exchange,
+            "messaging.rabbitmq.message.delivery_tag": delivery.delivery_tag,
+            "messaging.message.body.size": len(delivery.body),
+            "kanin.attempt": attempt,
+        }
+        if routing_key:
+            attributes["messaging.rabbitmq.destination.routing_key"] = routing_key
+        if properties.message_id:
+            attributes["messaging.message.id"] = str(properties.message_id)
+        if properties.correlation_id:
+            attributes["messaging.message.conversation_id"] = str(properties.correlation_id)
+        span = self.tracer.start_span(
+            f"process {exchange or 'amq.default'}:{routing_key}:{queue}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            links=[Link(producer)] if producer.is_valid else None,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        return _Active(span)
+
+
+class _Active:
+    """A started span, made current for the ``with`` block and ended after it; an
+    exception leaving the block marks it failed. (A class, not a generator: this runs
+    once per message.)"""
+
+    __slots__ = ("context", "span", "token")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self.context = trace.set_span_in_context(span)
+        self.token: object = None
+
+    def __enter__(self) -> Span:
+        self.token = otel_context.attach(self.context)
+        return self.span
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if exc is not None:
+            failed(self.span, exc)
+        otel_context.detach(self.token)  # type: ignore[arg-type]
+        self.span.end()
+
+
+def failed(span: Span | None, exc: BaseException, error_type: str | None = None) -> None:
+    """Mark ``span`` failed: ``error.type`` and an error status (the message, never a body)."""
+    if span is None or not span.is_recording():
+        return
+    name = error_type or type(exc).__name__
+    span.set_attribute("error.type", name)
+    span.set_status(Status(StatusCode.ERROR, f"{name}: {str(exc)[:200]}"))
+
+
+def current() -> Span | None:
+    """The span handling this message, if tracing records one."""
+    span = trace.get_current_span()
+    return span if span.is_recording() else None
+
+
+def provider_from_env(service_name: str, console: bool = False) -> TracerProvider | None:
+    """A provider configured by the standard ``OTEL_*`` variables, or None (tracing off).
+
+    Tracing is on when an OTLP endpoint or ``OTEL_TRACES_EXPORTER`` is set, or with
+    ``console``. ``OTEL_SERVICE_NAME`` wins over kanin's service name; the sampler comes
+    from ``OTEL_TRACES_SAMPLER``; ``OTEL_SDK_DISABLED=true`` turns it all off.
+    """
+    env = os.environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    names = [n.strip() for n in env.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()]
+    if not names and (
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
+        names = ["otlp"]
+    exporters = [_exporter(name) for name in names if name != "none"]
+    if console:
+        exporters.append(ConsoleSpanExporter())
+    if not exporters:
+        return None
+    attributes = {} if env.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
+    provider = TracerProvider(resource=Resource.create(attributes))
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def _exporter(name: str) -> SpanExporter:
+    if name == "console":
+        return ConsoleSpanExporter()
+    if name != "otlp":
+        raise ConfigError(f"OTEL_TRACES_EXPORTER: unknown exporter {name!r} (otlp, console, none)")
+    protocol = (
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    )
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    if protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                OTLPSpanExporter as GrpcExporter,
+            )
+        except ImportError:
+            raise ConfigError(
+                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs 'pip install kanin[grpc]'"
+            ) from None
+        return GrpcExporter()
+    raise ConfigError(
+        f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported (http/protobuf or grpc)"
+    )

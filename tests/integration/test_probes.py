@@ -1,0 +1,168 @@
+"""/healthz, /readyz and /metrics of a real worker, checked against the broker's view."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import quote
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from framework import Consumer, Context, Publisher, RetryPolicy, Worker
+from framework.topology import QueueSpec, Topology
+from tests.conftest import BrokerAdmin
+from tests.integration.apps.slow import Job
+from tests.integration.worker_kit import eventually, settings, started
+
+pytestmark = pytest.mark.integration
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+async def fetch(port: int, path: str) -> tuple[int, str]:
+    return await asyncio.to_thread(get, port, path)
+
+
+@asynccontextmanager
+async def serving(worker: Worker) -> AsyncIterator[int]:
+    async with started(worker):
+        assert worker.probes is not None
+        yield worker.probes.port
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def close_connections(admin: BrokerAdmin, name: str) -> int:
+    """Close the connections whose client named them ``name``; how many there were."""
+    found = [
+        c["name"]
+        for c in admin.request("GET", "connections") or []
+        if (c.get("client_properties") or {}).get("connection_name") == name
+    ]
+    for connection in found:
+        admin.request("DELETE", f"connections/{quote(connection, safe='')}")
+    return len(found)
+
+
+async def test_readyz_follows_the_connection_and_healthz_stays_up(
+    prefix: str, admin: BrokerAdmin
+) -> None:
+    class Idle(Consumer):
+        queue = f"{prefix}.idle"
+
+        async def handle(self, event: Job, ctx: Context) -> None:
+            pass
+
+    service = f"{prefix}-svc"
+    worker = Worker(
+        [Idle],
+        settings(http_port=0, service_name=service),
+        topology=Topology(queues=[QueueSpec(name=Idle.queue)]),
+    )
+    async with serving(worker) as port:
+        assert await fetch(port, "/healthz") == (200, "ok\n")
+        assert await fetch(port, "/readyz") == (200, "ready\n")
+        assert (await fetch(port, "/nothing"))[0] == 404
+
+        closed = 0
+        for _ in range(100):  # the management API lists a new connection within seconds
+            closed = await asyncio.to_thread(close_connections, admin, service)
+            if closed:
+                break
+            await asyncio.sleep(0.1)
+        assert closed == 1
+        states: list[int] = []
+
+        async def poll() -> None:
+            while True:
+                status, _ = await fetch(port, "/readyz")
+                states.append(status)
+                if status == 200 and 503 in states:
+                    return
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(poll(), 30)
+        assert states[-1] == 200 and 503 in states  # unready while gone, ready after recovery
+        assert worker.reconnects == 1
+        assert (await fetch(port, "/healthz"))[0] == 200
+        metrics = samples((await fetch(port, "/metrics"))[1])
+        assert metrics[("kanin_reconnects_total", ())] == 1
+        assert metrics[("kanin_ready", ())] == 1
+
+
+async def test_metrics_match_the_brokers_counts_with_retries_and_dead_letters(
+    prefix: str, admin: BrokerAdmin
+) -> None:
+    queue = f"{prefix}.work"
+
+    class Mixed(Consumer):
+        """n % 3 == 0 always fails (DLQ after 2 attempts), n % 3 == 1 fails once, else ok."""
+
+        queue = f"{prefix}.work"
+        retry = RetryPolicy(attempts=2, initial=0.1)
+
+        async def handle(self, event: Job, ctx: Context) -> None:
+            if event.n % 3 == 0 or (event.n % 3 == 1 and ctx.attempt == 1):
+                raise RuntimeError(f"{event.n} fails")
+
+    worker = Worker(
+        [Mixed], settings(http_port=0), topology=Topology(queues=[QueueSpec(name=queue)])
+    )
+    async with serving(worker) as port:
+        async with Publisher(settings()) as publisher:
+            await publisher.publish_many(
+                (Job(n=n) for n in range(10)), exchange="", routing_key=queue
+            )
+        stats = worker.runners[0].stats
+        await eventually(lambda: stats.handled == 6 and stats.dead_lettered == 4, within=30)
+        await eventually(lambda: stats.acked == 17, what="every ack sent")
+        metrics = samples((await fetch(port, "/metrics"))[1])
+
+    labels = (("consumer", Mixed.consumer_name()), ("queue", queue))
+    got = {
+        name: metrics[(f"kanin_messages_{name}_total", labels)]
+        for name in ("consumed", "acked", "handled", "retried", "dead_lettered")
+    }
+    # 4 messages x 2 attempts + 3 x 2 + 3 x 1 deliveries; 4 + 3 retries; 4 in the DLQ
+    assert got == {"consumed": 17, "acked": 17, "handled": 6, "retried": 7, "dead_lettered": 4}
+    assert metrics[("kanin_handler_duration_seconds_count", labels)] == 17
+    assert metrics[("kanin_messages_in_flight", labels)] == 0
+    # the worker published 7 retry copies and 4 DLQ copies, all confirmed
+    assert metrics[("kanin_published_total", (("exchange", "amq.default"),))] == 11
+    assert metrics[("kanin_publish_confirm_seconds_count", ())] == 11
+
+    def broker() -> dict[str, int]:
+        queues = admin.queues(prefix)
+        work = queues[queue].get("message_stats", {})
+        retry = queues[f"{queue}.retry.1"].get("message_stats", {})
+        return {
+            "consumed": work.get("deliver_get", 0),
+            "acked": work.get("ack", 0),
+            "retried": retry.get("publish", 0),
+            "dead_lettered": queues[f"{queue}.dlq"].get("messages", 0),
+        }
+
+    expected = {k: got[k] for k in ("consumed", "acked", "retried", "dead_lettered")}
+    seen: dict[str, int] = {}
+
+    def agrees() -> bool:  # the management API aggregates its statistics every few seconds
+        seen.update(broker())
+        return seen == expected
+
+    await eventually(agrees, within=30, what=f"broker counts {seen} == {expected}")
