@@ -89,6 +89,7 @@ def local_env(service: dict, vhost: str, otlp: Receiver, **extra: str) -> dict[s
         "http://jaeger:4318", otlp.endpoint
     )
     env["OTEL_BSP_SCHEDULE_DELAY"] = "200"
+    env["KANIN_IDEMPOTENCY_RETENTION"] = "300"  # the test's keys leave Redis by themselves
     return {"PATH": os.environ["PATH"], **env, **extra}
 
 

@@ -81,7 +81,7 @@ async def test_readyz_follows_the_connection_and_healthz_stays_up(
         assert (await fetch(port, "/nothing"))[0] == 404
 
         closed = 0
-        for _ in range(100):  # the management API lists a new connection within seconds
+        for _ in range(300):  # the management API lists a new connection within seconds
             closed = await asyncio.to_thread(close_connections, admin, service)
             if closed:
                 break
