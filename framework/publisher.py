@@ -31,12 +31,13 @@ from framework.transport.amqp import (
     connect,
     raw_channel,
 )
+from framework.transport.embedded import MemoryPublishChannel, broker_for, is_memory
 
 log = logging.getLogger("kanin.publisher")
 
 
 class ChannelSource(Protocol):
-    async def publish_channel(self) -> PublishChannel: ...
+    async def publish_channel(self) -> PublishChannel | MemoryPublishChannel: ...
 
 
 def envelope(event: Event, **fields: Any) -> Properties:
@@ -84,11 +85,14 @@ class _OwnConnection:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.connection: Any = None
-        self.channel: PublishChannel | None = None
+        self.channel: PublishChannel | MemoryPublishChannel | None = None
         self.lock = asyncio.Lock()
 
-    async def publish_channel(self) -> PublishChannel:
+    async def publish_channel(self) -> PublishChannel | MemoryPublishChannel:
         if self.channel is not None and self.channel.is_open:
+            return self.channel
+        if is_memory(self.settings.broker_url):
+            self.channel = MemoryPublishChannel(broker_for(self.settings.broker_url))
             return self.channel
         async with self.lock:
             if self.channel is not None and self.channel.is_open:

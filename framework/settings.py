@@ -92,9 +92,11 @@ class Settings(BaseSettings):
     @classmethod
     def _check_scheme(cls, url: str) -> str:
         scheme = urlsplit(url).scheme
-        if scheme not in ("amqp", "amqps"):
+        if scheme not in ("amqp", "amqps", "memory"):
             safe, _ = strip_password(url)
-            raise ValueError(f"broker URL must start with amqp:// or amqps://, got {safe!r}")
+            raise ValueError(
+                f"broker URL must start with amqp://, amqps:// or memory://, got {safe!r}"
+            )
         return url
 
     @model_validator(mode="after")

@@ -28,7 +28,7 @@ from framework.publisher import Publisher
 from framework.runner import Runner
 from framework.settings import Settings
 from framework.topology.declare import Declarer
-from framework.topology.expand import expand, recovery_queues
+from framework.topology.expand import Declarations, expand, recovery_queues
 from framework.topology.model import QueueSpec, Topology
 from framework.tracing import Tracing
 from framework.transport.amqp import (
@@ -37,6 +37,14 @@ from framework.transport.amqp import (
     PublishChannel,
     connect,
     raw_channel,
+)
+from framework.transport.embedded import (
+    MemoryConnection,
+    MemoryConsumerChannel,
+    MemoryPublishChannel,
+    broker_for,
+    declare,
+    is_memory,
 )
 
 log = logging.getLogger("kanin.worker")
@@ -99,9 +107,11 @@ class Worker:
             for cls in consumers
         ]
         self.reconnects = 0
-        self._connection: AbstractConnection | None = None
-        self._channels: list[ConsumerChannel] = []
-        self._publish: PublishChannel | None = None
+        # memory://: the embedded broker of this process instead of RabbitMQ
+        self.memory = broker_for(settings.broker_url) if is_memory(settings.broker_url) else None
+        self._connection: AbstractConnection | MemoryConnection | None = None
+        self._channels: list[ConsumerChannel | MemoryConsumerChannel] = []
+        self._publish: PublishChannel | MemoryPublishChannel | None = None
         self._publish_lock = asyncio.Lock()
         self._connected = asyncio.Event()
         self._lost = asyncio.Event()
@@ -152,24 +162,35 @@ class Worker:
         await self._open_session()
         self._supervisor = asyncio.create_task(self._supervise())
 
-    async def publish_channel(self) -> PublishChannel:
+    async def publish_channel(self) -> PublishChannel | MemoryPublishChannel:
         """The confirm-mode channel of the current connection (waits out a reconnect)."""
         if not self._connected.is_set():
             await asyncio.wait_for(self._connected.wait(), self.settings.publish_timeout)
         async with self._publish_lock:
             if self._publish is None or not self._publish.is_open:
-                assert self._connection is not None
-                self._publish = PublishChannel(await raw_channel(self._connection, confirms=True))
+                if isinstance(self._connection, MemoryConnection):
+                    self._publish = MemoryPublishChannel(self._connection.broker)
+                else:
+                    assert self._connection is not None
+                    channel = await raw_channel(self._connection, confirms=True)
+                    self._publish = PublishChannel(channel)
             return self._publish
 
-    async def _connect(self) -> AbstractConnection:
-        connection = await connect(self.settings, self.settings.service_name)
+    async def _connect(self) -> AbstractConnection | MemoryConnection:
+        connection: AbstractConnection | MemoryConnection
+        if self.memory is not None:
+            connection = MemoryConnection(self.memory)
+        else:
+            connection = await connect(self.settings, self.settings.service_name)
         self._lost.clear()
         connection.close_callbacks.add(lambda *_: self._lost.set())
         return connection
 
     async def _prepare_topology(self) -> None:
         decls = expand(self.topology)
+        if self.memory is not None:
+            self._prepare_embedded(decls)
+            return
         if self.declare:
             result = await Declarer(self.settings, self.topology_file, log.debug).apply(decls)
             log.info(
@@ -199,14 +220,30 @@ class Worker:
                 "(run 'kanin topology apply' first)"
             )
 
+    def _prepare_embedded(self, decls: Declarations) -> None:
+        assert self.memory is not None
+        if self.declare:
+            declare(self.memory, decls)
+            log.info("topology declared on the embedded broker %s", self.settings.broker_url)
+            return
+        missing = [q.name for q in decls.queues if q.name not in self.memory.queues]
+        if missing:
+            raise BrokerError(f"--no-declare: missing on the broker: {', '.join(missing)}")
+
     async def _open_session(self) -> None:
         assert self._connection is not None
         self._channels = []
         self._publish = None
         for runner in self.runners:
-            channel = ConsumerChannel(
-                await raw_channel(self._connection), runner.queue, runner.prefetch, runner.stats
-            )
+            channel: ConsumerChannel | MemoryConsumerChannel
+            if isinstance(self._connection, MemoryConnection):
+                channel = MemoryConsumerChannel(
+                    self._connection.channel(), runner.queue, runner.prefetch, runner.stats
+                )
+            else:
+                channel = ConsumerChannel(
+                    await raw_channel(self._connection), runner.queue, runner.prefetch, runner.stats
+                )
             await channel.start(runner.on_delivery)
             self._channels.append(channel)
             if not self.reconnects:
@@ -225,7 +262,7 @@ class Worker:
                 asyncio.ensure_future(self._stopping.wait()),
                 asyncio.ensure_future(self._lost.wait()),
             ]
-            waiters += [ch.channel.closing for ch in self._channels]
+            waiters += [ch.closing for ch in self._channels]
             waiters += [ch.cancelled for ch in self._channels]
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters[:2]:

@@ -85,6 +85,25 @@ class Delivery:
         self.redelivered: bool = bool(frame.redelivered)  # type: ignore[union-attr]
         self.channel = channel
 
+    @classmethod
+    def of(
+        cls,
+        body: bytes,
+        properties: Properties,
+        exchange: str,
+        routing_key: str,
+        delivery_tag: int,
+        redelivered: bool,
+        channel: Any,
+    ) -> Delivery:
+        """A delivery from another transport (the embedded broker), settled by ``channel``."""
+        delivery = cls.__new__(cls)
+        delivery.body, delivery.properties = body, properties
+        delivery.exchange, delivery.routing_key = exchange, routing_key
+        delivery.delivery_tag, delivery.redelivered = delivery_tag, redelivered
+        delivery.channel = channel
+        return delivery
+
     @property
     def headers(self) -> dict[str, Any]:
         return self.properties.headers or {}
@@ -134,6 +153,12 @@ class ConsumerChannel:
     @property
     def is_open(self) -> bool:
         return not self.channel.is_closed and not self.cancelled.done()
+
+    @property
+    def closing(self) -> asyncio.Future[Any]:
+        """Done when the channel closes (by us, the broker or a lost connection)."""
+        closing: asyncio.Future[Any] = self.channel.closing
+        return closing
 
     async def cancel(self) -> None:
         """Stop receiving; deliveries already here are still settled on this channel."""
