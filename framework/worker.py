@@ -43,9 +43,9 @@ from framework.transport.embedded import (
     MemoryConsumerChannel,
     MemoryPublishChannel,
     broker_for,
-    declare,
     is_memory,
 )
+from framework.transport.embedded import declare as declare_embedded
 
 log = logging.getLogger("kanin.worker")
 
@@ -223,7 +223,7 @@ class Worker:
     def _prepare_embedded(self, decls: Declarations) -> None:
         assert self.memory is not None
         if self.declare:
-            declare(self.memory, decls)
+            declare_embedded(self.memory, decls)
             log.info("topology declared on the embedded broker %s", self.settings.broker_url)
             return
         missing = [q.name for q in decls.queues if q.name not in self.memory.queues]

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from framework.errors import PublishFailed, Unroutable
+from framework.errors import BrokerError, PublishFailed, Unroutable
 from framework.topology.expand import Declarations
 from framework.transport.amqp import Delivery, Properties
 from framework.transport.memory import MemoryBroker, MemoryBrokerError, MemoryChannel, Message
@@ -96,7 +96,7 @@ class MemoryConsumerChannel:
         try:
             self._tag = self.channel.basic_consume(self.queue, consume)
         except MemoryBrokerError as exc:
-            raise PublishFailed(str(exc)) from None
+            raise BrokerError(str(exc)) from None
 
     @property
     def is_open(self) -> bool:
