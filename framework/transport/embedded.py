@@ -33,6 +33,11 @@ def broker_for(url: str) -> MemoryBroker:
     return _BROKERS[name]
 
 
+def forget(url: str) -> None:
+    """Drop the broker named by ``url`` and everything in it."""
+    _BROKERS.pop(url.removeprefix("memory://").strip("/"), None)
+
+
 def declare(broker: MemoryBroker, decls: Declarations) -> None:
     """Declare exchanges, queues and bindings as ``topology apply`` does on RabbitMQ."""
     for exchange in decls.exchanges:

@@ -136,6 +136,9 @@ class MemoryBroker:
         self.exchanges: dict[str, Exchange] = {"": Exchange("", "direct")}
         self.queues: dict[str, Queue] = {}
         self.skew = 0.0  # seconds added to the loop's clock by advance()
+        # called with (exchange, routing_key, body, properties) for every publish
+        self.observers: list[Callable[[str, str, bytes, Properties], None]] = []
+        self.open_channels: set[MemoryChannel] = set()
         self._tags = itertools.count(1)
 
     def now(self) -> float:
@@ -202,6 +205,8 @@ class MemoryBroker:
     ) -> Outcome:
         """Route a message: ``routed``, ``returned`` (mandatory, no queue), or ``refused``
         (a full queue with ``reject-publish``: the publisher's confirm is a nack)."""
+        for observe in self.observers:
+            observe(exchange, routing_key, body, properties)
         targets = self.route(exchange, routing_key, properties.headers or {})
         if not targets:
             return "returned" if mandatory else "routed"
@@ -332,7 +337,14 @@ class MemoryBroker:
             consumer.channel.deliver(consumer, message)
 
     def channel(self) -> MemoryChannel:
-        return MemoryChannel(self)
+        channel = MemoryChannel(self)
+        self.open_channels.add(channel)
+        return channel
+
+    @property
+    def unsettled(self) -> int:
+        """Messages delivered to consumers and not yet acked, nacked or rejected."""
+        return sum(len(channel.unacked) for channel in self.open_channels)
 
     def next_tag(self) -> str:
         return f"amq.ctag-{next(self._tags)}"
@@ -419,6 +431,7 @@ class MemoryChannel:
         if self.is_closed:
             return
         self.is_closed = True
+        self.broker.open_channels.discard(self)
         for tag in list(self.consumers):
             self.basic_cancel(tag)
         for queue, message in reversed(list(self.unacked.values())):
