@@ -92,18 +92,10 @@ class WorkerCollector(Collector):
         yield durations
         yield in_flight
         publisher = worker.publisher
-        published = CounterMetricFamily(
-            "kanin_published", "Messages published and confirmed.", labels=["exchange"]
+        yield _by_exchange(
+            "kanin_published", "Messages published and confirmed.", publisher.published
         )
-        for exchange, count in sorted(publisher.published.items()):
-            published.add_metric([exchange or "amq.default"], count)
-        yield published
-        failures = CounterMetricFamily(
-            "kanin_publish_failures", "Publishes that failed.", labels=["exchange"]
-        )
-        for exchange, count in sorted(publisher.failures.items()):
-            failures.add_metric([exchange or "amq.default"], count)
-        yield failures
+        yield _by_exchange("kanin_publish_failures", "Publishes that failed.", publisher.failures)
         confirms = HistogramMetricFamily(
             "kanin_publish_confirm_seconds", "Time from publish to the broker's confirm."
         )
@@ -117,6 +109,13 @@ class WorkerCollector(Collector):
             "kanin_ready", "1 when connected and every consumer is consuming.",
             value=0 if worker.unready() else 1,
         )  # fmt: skip
+
+
+def _by_exchange(name: str, text: str, counts: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, text, labels=["exchange"])
+    for exchange, count in sorted(counts.items()):
+        family.add_metric([exchange or "amq.default"], count)
+    return family
 
 
 def registry(worker: Worker) -> CollectorRegistry:

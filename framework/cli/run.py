@@ -79,11 +79,11 @@ def run_worker(
             provider.shutdown()
 
 
-def _child(index: int, settings: Settings, *args: object) -> None:
+def _child(index: int, consumers: list[type[Consumer]], settings: Settings, *args: object) -> None:
     if settings.http_port:  # each process serves its own probes: port, port + 1, ...
         settings = settings.model_copy(update={"http_port": settings.http_port + index})
     with reported(quiet_client=False):
-        run_worker(args[0], settings, *args[1:])  # type: ignore[arg-type]
+        run_worker(consumers, settings, *args)  # type: ignore[arg-type]
 
 
 def _run_processes(
@@ -94,7 +94,7 @@ def _run_processes(
     children = [
         context.Process(
             target=_child,
-            args=(i, settings, consumers, *args, os.getpid()),
+            args=(i, consumers, settings, *args, os.getpid()),
             name=f"kanin-{i}",
         )
         for i in range(count)

@@ -434,11 +434,13 @@ class MemoryChannel:
         self.broker.open_channels.discard(self)
         for tag in list(self.consumers):
             self.basic_cancel(tag)
+        returned = {}
         for queue, message in reversed(list(self.unacked.values())):
             message.redelivered = True
             queue.messages.appendleft(message)
+            returned[queue.name] = queue
         self.unacked.clear()
-        for queue in list(self.broker.queues.values()):
+        for queue in returned.values():  # other consumers may take them now
             self.broker._dispatch(queue)
 
 
