@@ -34,7 +34,7 @@ bench: install services
 		[ $$found = 1 ] || echo "no benchmarks yet (tests/bench/ is empty)"
 
 demo: install
-	@echo "make demo: coming soon (the example shop on the embedded broker lands with issue 6)"
+	@$(BIN)/kanin demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

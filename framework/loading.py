@@ -8,6 +8,7 @@ import os
 import pkgutil
 import sys
 from types import ModuleType
+from typing import Any
 
 from framework.consumer import Consumer
 from framework.errors import ConfigError
@@ -30,14 +31,30 @@ def _defined_in(module: ModuleType) -> list[type[Consumer]]:
     ]
 
 
+def load_attribute(target: str) -> Any:
+    """The object ``module:name`` names (the module imported from the working directory)."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"{target!r}: expected module:name")
+    _on_path()
+    module = _import(module_name)
+    if not hasattr(module, attr):
+        raise ConfigError(f"{target!r}: module {module_name!r} has no {attr!r}")
+    return getattr(module, attr)
+
+
+def _on_path() -> None:
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 def load_consumers(targets: list[str]) -> list[type[Consumer]]:
     """Consumer classes named by ``targets``, in order, each once.
 
     ``pkg.module`` takes every consumer class defined in that module (for a package with
     none of its own: in its submodules); ``pkg.module:Class`` takes one class.
     """
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    _on_path()
     found: list[type[Consumer]] = []
     for target in targets:
         module_name, _, attr = target.partition(":")

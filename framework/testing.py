@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from framework.settings import Settings
 from framework.topology.model import Topology
 from framework.transport import embedded
 from framework.transport.amqp import Properties
-from framework.transport.memory import Message
+from framework.transport.memory import MemoryBroker, Message
 from framework.worker import Worker
 
 
@@ -86,23 +87,7 @@ class TestKit:
     async def settle(self, max_steps: int = 10_000) -> None:
         """Run until no handler runs, no consumed queue holds a message, and no message
         waits in a queue with a TTL (the clock jumps to each expiry)."""
-        consumed = {runner.queue for runner in self.worker.runners}
-        for _ in range(max_steps):
-            await asyncio.sleep(0)
-            if self.broker.unsettled or any(runner.in_flight for runner in self.worker.runners):
-                await asyncio.sleep(0.001)
-                continue
-            if any(self.broker.queues[q].messages for q in consumed if q in self.broker.queues):
-                continue
-            waits = [
-                q.messages[0].expires_at
-                for q in self.broker.queues.values()
-                if q.messages and q.messages[0].expires_at is not None
-            ]
-            if not waits:
-                return
-            self.broker.advance(max(0.0, min(waits) - self.broker.now()) + 0.001)
-        raise AssertionError(f"not settled after {max_steps} steps")
+        await settle(self.broker, [self.worker], max_steps)
 
     def published(self, event_type: str | None = None) -> list[Published]:
         """Messages published (by the test or by handlers), optionally of one type."""
@@ -119,3 +104,30 @@ class TestKit:
             if runner.cls is consumer:
                 return runner.stats
         raise KeyError(f"{consumer.__name__} is not running in this kit")
+
+
+async def settle(broker: MemoryBroker, workers: Sequence[Worker], max_steps: int = 10_000) -> None:
+    """Run ``workers`` on ``broker`` until they have nothing left to do.
+
+    Done means: no handler runs, no message is unsettled or waits in a consumed queue,
+    and no message waits in a queue with a TTL. While only such waiting messages are
+    left, the broker's clock jumps to the next expiry instead of sleeping.
+    """
+    runners = [runner for worker in workers for runner in worker.runners]
+    consumed = {runner.queue for runner in runners}
+    for _ in range(max_steps):
+        await asyncio.sleep(0)
+        if broker.unsettled or any(runner.in_flight for runner in runners):
+            await asyncio.sleep(0.001)
+            continue
+        if any(broker.queues[q].messages for q in consumed if q in broker.queues):
+            continue
+        waits = [
+            q.messages[0].expires_at
+            for q in broker.queues.values()
+            if q.messages and q.messages[0].expires_at is not None
+        ]
+        if not waits:
+            return
+        broker.advance(max(0.0, min(waits) - broker.now()) + 0.001)
+    raise AssertionError(f"not settled after {max_steps} steps")

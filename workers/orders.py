@@ -26,6 +26,12 @@ def order(order_id: str) -> OrderPlaced:
     )
 
 
+def demo() -> dict[str, OrderPlaced]:
+    """The orders `kanin demo` places: paid at once, paid on the second attempt, and one
+    whose payment times out on every attempt (it ends in payments.charge.dlq)."""
+    return {order_id: order(order_id) for order_id in ("order-1", "flaky-2", "fail-3")}
+
+
 async def place(
     order_ids: list[str],
     settings: Settings | None = None,
