@@ -26,7 +26,9 @@ BrokerOpt = Annotated[
     str | None,
     typer.Option(
         "--broker-url",
-        help="AMQP URL. Default: $KANIN_BROKER_URL, else amqp://guest:guest@127.0.0.1:5672/.",
+        "--broker",
+        help="AMQP URL, or memory:// for the embedded broker (kanin run). "
+        "Default: $KANIN_BROKER_URL, else amqp://guest:guest@127.0.0.1:5672/.",
         show_default=False,
     ),
 ]
@@ -43,6 +45,17 @@ def load_settings(**overrides: Any) -> Settings:
             message = str(error["msg"]).removeprefix("Value error, ")
             lines.append(f"{name}: {message}" if error["loc"] else message)
         raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+def server_settings(command: str, **overrides: Any) -> Settings:
+    """Settings for a command that talks to a RabbitMQ server, which memory:// is not."""
+    settings = load_settings(**overrides)
+    if settings.broker_url.startswith("memory://"):
+        raise ConfigError(
+            f"kanin {command} needs a RabbitMQ broker (amqp:// or amqps://): memory:// is "
+            "the embedded broker of one process (kanin run, kanin demo)"
+        )
+    return settings
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from framework.cli.app import BrokerOpt, app, load_settings, reported
+from framework.cli.app import BrokerOpt, app, reported, server_settings
 from framework.errors import ConfigError
 from framework.publisher import Publisher, envelope_for
 from framework.tracing import provider_from_env
@@ -59,7 +59,7 @@ def publish(
     With OTEL_EXPORTER_OTLP_ENDPOINT set, each message starts a trace (docs/tracing.md).
     """
     with reported():
-        settings = load_settings(broker_url=broker_url)
+        settings = server_settings("publish", broker_url=broker_url)
         body = _body(data)
         extra = _headers(header or [])
         provider = provider_from_env(settings.service_name)

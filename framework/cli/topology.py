@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from framework.cli.app import BrokerOpt, app, load_settings, reported
+from framework.cli.app import BrokerOpt, app, load_settings, reported, server_settings
 from framework.management import Management
 from framework.settings import Settings
 from framework.topology import Declarations, expand, load_topology
@@ -62,7 +62,7 @@ def plan_command(file: FileArg = None, broker_url: BrokerOpt = None) -> None:
     """Show what apply would create, and what differs from the live broker (exit 1 if any)."""
     with reported():
         _, path, decls = _load(file)
-        settings = load_settings(broker_url=broker_url)
+        settings = server_settings("topology plan", broker_url=broker_url)
         live = asyncio.run(Management.from_settings(settings).snapshot())
         steps = plan(decls, live)
         marks = {"create": "+", "exists": "=", "differs": "!"}
@@ -87,7 +87,7 @@ def apply(file: FileArg = None, broker_url: BrokerOpt = None) -> None:
     """Declare the file's exchanges, queues, bindings and generated retry/DLQ queues."""
     with reported():
         _, path, decls = _load(file)
-        settings = load_settings(broker_url=broker_url)
+        settings = server_settings("topology apply", broker_url=broker_url)
         result = apply_topology(decls, settings, str(path), typer.echo)
         summary = f"{result.created} created, {result.existing} already there"
         if result.declared:

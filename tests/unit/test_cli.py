@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,74 @@ def test_readme_example_runs() -> None:
     consumer = namespace["ReserveInventory"]
     assert consumer.event_classes() == {"order.placed": namespace["OrderPlaced"]}  # type: ignore[attr-defined]
     assert namespace["OrderPlaced"].event_exchange == "shop.events"  # type: ignore[attr-defined]
+
+
+TICKS = """
+import asyncio, os, signal
+from framework import Consumer, Context, Event, Publisher, Settings
+from framework.errors import KaninError
+
+
+class Tick(Event, type="tick", version=1):
+    n: int
+
+
+async def send_ticks() -> None:
+    async with Publisher(Settings()) as publisher:  # KANIN_BROKER_URL: the same memory://
+        while True:
+            try:
+                await publisher.publish(Tick(n=0), exchange="", routing_key="ticks")
+                break
+            except KaninError:  # the worker has not declared its queue yet
+                await asyncio.sleep(0.01)
+        for n in (1, 2):
+            await publisher.publish(Tick(n=n), exchange="", routing_key="ticks")
+
+
+class Ticks(Consumer):
+    queue = "ticks"
+
+    async def on_startup(self) -> None:
+        self.seen = []
+        self.sender = asyncio.create_task(send_ticks())
+
+    async def handle(self, event: Tick, ctx: Context) -> None:
+        print("tick", event.n, flush=True)
+        self.seen.append(event.n)
+        if len(self.seen) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+def test_run_on_the_embedded_broker(tmp_path: Path) -> None:
+    (tmp_path / "ticks.py").write_text(TICKS)
+    result = subprocess.run(
+        [KANIN, "run", "ticks", "--broker", "memory://"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("KANIN_", "OTEL_"))}
+        | {"KANIN_BROKER_URL": "memory://"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n") == ["tick 0", "tick 1", "tick 2", ""]
+    assert "ticks.Ticks on ticks: received 3, acked 3, handled 3" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "args"),
+    [
+        ("topology plan", ["topology", "plan", "config/topology.yaml"]),
+        ("topology apply", ["topology", "apply", "config/topology.yaml"]),
+        ("publish", ["publish", "", "q", "--data", "{}"]),
+    ],
+)
+def test_server_commands_refuse_the_embedded_broker(command: str, args: list[str]) -> None:
+    result = kanin(*args, "--broker", "memory://")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"error: kanin {command} needs a RabbitMQ broker (amqp:// or amqps://): memory:// is "
+        "the embedded broker of one process (kanin run, kanin demo)\n"
+    )
