@@ -4,17 +4,17 @@ rules, kept in memory, for running workers and tests with no server (``memory://
 What it models, as RabbitMQ does it (the conformance suite in ``tests/conformance``
 checks each against a real broker):
 
-- exchanges: the default exchange, ``direct``, ``fanout``, ``topic`` (``*`` one word,
-  ``#`` zero or more), ``headers`` (``x-match`` ``all``/``any``, ``x-`` keys ignored),
-  exchange-to-exchange bindings, ``alternate-exchange``; ``mandatory`` publishes that
-  reach no queue are returned;
+- exchanges: every type, exchange-to-exchange bindings and ``alternate-exchange``, as
+  ``routing.py`` decides; ``mandatory`` publishes that reach no queue are returned;
 - queues: FIFO, ``x-message-ttl`` and per-message ``expiration`` (a message expires at
   the head of its queue), ``x-max-length`` with ``x-overflow`` (``drop-head``,
   ``reject-publish``, ``reject-publish-dlx``), ``x-dead-letter-exchange`` and
   ``-routing-key``; dead letters carry ``x-death`` (one entry per queue and reason, with
   ``count``) and ``x-first-death-*`` headers;
 - consumers: prefetch, ack / nack / reject (with ``multiple``), redelivery with
-  ``redelivered`` set when a channel closes with messages unacknowledged.
+  ``redelivered`` set when a channel closes with messages unacknowledged; quorum queues
+  (``x-queue-type: quorum``) add ``x-delivery-count`` and dead-letter a message given
+  back more often than ``x-delivery-limit`` (reason ``delivery_limit``).
 
 Time is the broker's own clock: ``advance(seconds)`` moves it forward (the test kit
 uses that to skip retry delays); otherwise it follows the event loop's.
@@ -31,6 +31,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pamqp.commands import Basic
+
+from framework.transport.routing import Binding, Exchange, route
 
 Properties = Basic.Properties
 Outcome = Literal["routed", "returned", "refused"]
@@ -52,58 +54,13 @@ class Message:
     routing_key: str
     redelivered: bool = False
     expires_at: float | None = None  # while in a queue
+    returns: int = 0  # times a consumer gave it back (a quorum queue's delivery count)
 
     @property
     def headers(self) -> dict[str, Any]:
         if self.properties.headers is None:
             self.properties.headers = {}
         return self.properties.headers
-
-
-@dataclass
-class Binding:
-    destination: str  # a queue, or an exchange when ``to_exchange``
-    routing_key: str
-    arguments: dict[str, Any]
-    to_exchange: bool = False
-
-
-@dataclass
-class Exchange:
-    name: str
-    type: str
-    arguments: dict[str, Any] = field(default_factory=dict)
-    bindings: list[Binding] = field(default_factory=list)
-
-    def matches(self, binding: Binding, routing_key: str, headers: dict[str, Any]) -> bool:
-        if self.type == "fanout":
-            return True
-        if self.type == "direct":
-            return binding.routing_key == routing_key
-        if self.type == "topic":
-            return topic_matches(binding.routing_key, routing_key)
-        wanted = {k: v for k, v in binding.arguments.items() if not k.startswith("x-")}
-        found = [k in headers and headers[k] == v for k, v in wanted.items()]
-        if binding.arguments.get("x-match", "all") == "any":
-            return any(found)
-        return all(found)
-
-
-def topic_matches(pattern: str, key: str) -> bool:
-    """RabbitMQ's topic rule: ``*`` is exactly one word, ``#`` zero or more."""
-    return _words_match(tuple(pattern.split(".")), tuple(key.split(".")))
-
-
-def _words_match(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
-    if not pattern:
-        return not words
-    if pattern[0] == "#":
-        return _words_match(pattern[1:], words) or (
-            bool(words) and _words_match(pattern, words[1:])
-        )
-    if words and pattern[0] in ("*", words[0]):
-        return _words_match(pattern[1:], words[1:])
-    return False
 
 
 @dataclass
@@ -119,6 +76,15 @@ class Queue:
     def ttl_ms(self) -> int | None:
         value = self.arguments.get("x-message-ttl")
         return None if value is None else int(value)
+
+    @property
+    def quorum(self) -> bool:
+        return self.arguments.get("x-queue-type") == "quorum"
+
+    def handed_out(self, message: Message) -> None:
+        """A quorum queue tells each delivery how often the message was given back."""
+        if self.quorum:
+            message.headers["x-delivery-count"] = message.returns
 
 
 @dataclass
@@ -217,38 +183,10 @@ class MemoryBroker:
 
     def route(self, exchange: str, routing_key: str, headers: dict[str, Any]) -> list[Queue]:
         """The queues a message reaches (each once), through e2e bindings and alternates."""
-        found: dict[str, Queue] = {}
-        self._route(self._exchange(exchange), routing_key, headers, found, set())
-        return list(found.values())
-
-    def _route(
-        self,
-        exchange: Exchange,
-        key: str,
-        headers: dict[str, Any],
-        found: dict[str, Queue],
-        seen: set[str],
-    ) -> None:
-        if exchange.name in seen:
-            return
-        seen.add(exchange.name)
-        matched = False  # by this exchange itself: its alternate is for when it finds nothing
-        if exchange.name == "" and key in self.queues:
-            found[key] = self.queues[key]
-            matched = True
-        for binding in exchange.bindings:
-            if not exchange.matches(binding, key, headers):
-                continue
-            if binding.to_exchange:
-                if binding.destination in self.exchanges:
-                    matched = True
-                    self._route(self.exchanges[binding.destination], key, headers, found, seen)
-            elif binding.destination in self.queues:
-                matched = True
-                found[binding.destination] = self.queues[binding.destination]
-        alternate = exchange.arguments.get("alternate-exchange")
-        if not matched and alternate in self.exchanges:
-            self._route(self.exchanges[alternate], key, headers, found, seen)
+        if exchange not in self.exchanges:
+            raise MemoryBrokerError(404, f"no exchange '{exchange}'")
+        names = route(self.exchanges, self.queues, exchange, routing_key, headers)
+        return [self.queues[name] for name in names]
 
     def _enqueue(self, queue: Queue, message: Message) -> bool:
         """Add to the queue; False when ``x-overflow`` refuses it (the publisher's nack)."""
@@ -325,6 +263,17 @@ class MemoryBroker:
                 self._enqueue(target, _copy(message.body, message.properties, dlx, key))
 
     # -- consuming ------------------------------------------------------------------
+    def requeue(self, queue: Queue, message: Message) -> None:
+        """A message a consumer gave back goes to the head of its queue, redelivered; a
+        quorum queue dead-letters it once given back more often than ``x-delivery-limit``."""
+        message.redelivered = True
+        message.returns += 1
+        limit = queue.arguments.get("x-delivery-limit") if queue.quorum else None
+        if limit is not None and message.returns > int(limit):
+            self.dead_letter(queue, message, "delivery_limit")
+        else:
+            queue.messages.appendleft(message)
+
     def _dispatch(self, queue: Queue) -> None:
         """Hand messages to consumers with room under their channel's prefetch."""
         while queue.messages and queue.consumers:
@@ -388,6 +337,7 @@ class MemoryChannel:
     def deliver(self, consumer: Consumer, message: Message) -> None:
         tag = next(self._tags)
         self.unacked[tag] = (consumer.queue, message)
+        consumer.queue.handed_out(message)
         task = asyncio.get_running_loop().create_task(consumer.callback(message, tag))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -402,6 +352,7 @@ class MemoryChannel:
         message = target.messages.popleft()
         tag = next(self._tags)
         self.unacked[tag] = (target, message)
+        target.handed_out(message)
         return message, tag
 
     def _settled(self, tag: int, multiple: bool) -> list[tuple[Queue, Message]]:
@@ -417,8 +368,7 @@ class MemoryChannel:
     def basic_nack(self, tag: int, multiple: bool = False, requeue: bool = True) -> None:
         for queue, message in reversed(self._settled(tag, multiple)):
             if requeue:
-                message.redelivered = True
-                queue.messages.appendleft(message)
+                self.broker.requeue(queue, message)
             else:
                 self.broker.dead_letter(queue, message, "rejected")
             self.broker._dispatch(queue)
@@ -436,8 +386,7 @@ class MemoryChannel:
             self.basic_cancel(tag)
         returned = {}
         for queue, message in reversed(list(self.unacked.values())):
-            message.redelivered = True
-            queue.messages.appendleft(message)
+            self.broker.requeue(queue, message)
             returned[queue.name] = queue
         self.unacked.clear()
         for queue in returned.values():  # other consumers may take them now

@@ -134,7 +134,8 @@ class RabbitSide:
         await self.channel.declare_exchange(name, type, durable=False, arguments=arguments)
 
     async def queue(self, name: str, arguments: dict[str, Any] | None = None) -> None:
-        await self.channel.declare_queue(name, durable=False, arguments=arguments)
+        quorum = (arguments or {}).get("x-queue-type") == "quorum"  # quorum: durable only
+        await self.channel.declare_queue(name, durable=quorum, arguments=arguments)
 
     async def bind(
         self, source: str, queue: str, key: str = "", arguments: dict[str, Any] | None = None

@@ -243,3 +243,26 @@ async def test_unacked_messages_come_back_redelivered_when_the_channel_closes(
     assert (again.body, again.redelivered) == (b"1", True)
     await side.ack(again)
     assert [g.body for g in [await arrival(side, work)]] == [b"2"]
+
+
+async def test_quorum_delivery_limit_dead_letters_a_message_returned_too_often(
+    side: Side, prefix: str
+) -> None:
+    (dlq,) = await queues(side, prefix, "dlq")
+    work = f"{prefix}.work"
+    limited = {"x-queue-type": "quorum", "x-delivery-limit": 1}
+    await side.queue(work, dead_letter_args(prefix, "dlq", **limited))
+    await side.publish("", work, b"poison")
+    first = await arrival(side, work)
+    assert first.headers.get("x-delivery-count", 0) == 0 and not first.redelivered
+    await side.reject(first, requeue=True)
+    second = await arrival(side, work)
+    assert second.redelivered and second.headers["x-delivery-count"] == 1
+    await side.reopen()  # returned by a closing channel: counted too
+    with pytest.raises(AssertionError):
+        await arrival(side, work, within=1.0)
+    dead = await arrival(side, dlq)
+    assert dead.body == b"poison"
+    (death,) = dead.headers["x-death"]
+    assert (death["reason"], death["queue"], death["count"]) == ("delivery_limit", work, 1)
+    assert dead.headers["x-first-death-reason"] == "delivery_limit"

@@ -7,7 +7,8 @@ import asyncio
 
 from pamqp.commands import Basic
 
-from framework.transport.memory import MemoryBroker, Message, topic_matches
+from framework.transport.memory import MemoryBroker, Message
+from framework.transport.routing import topic_matches
 
 
 def props(**fields: object) -> Basic.Properties:
