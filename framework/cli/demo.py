@@ -11,6 +11,7 @@ import typer
 
 from framework.cli.app import app, load_settings, reported
 from framework.consumer import Consumer
+from framework.errors import ConfigError
 from framework.demo import event_map, run_demo
 from framework.loading import load_attribute, load_consumers
 from framework.logs import configure as configure_logging
@@ -49,12 +50,13 @@ def demo(
         bool, typer.Option("--verbose", help="Also print the workers' log lines (stderr).")
     ] = False,
 ) -> None:
-    """Run consumers on the embedded broker (no server), publish a few events, print
-    each step as it happens and each flow's trace as a tree; exit when all is settled.
+    """Run consumers on the embedded broker (no server), publish a few
+    events, print each step as it happens and each flow's trace as a tree;
+    exit when all is settled.
 
-    Without arguments, run it from the repository root: the example shop places three
-    orders, one paid at once, one paid after a retry, one dead-lettered after its last
-    attempt. Retry waits pass on the broker's clock, not the wall clock.
+    Without arguments (from the repository root): the example shop places
+    three orders, paid at once, paid after a retry, and dead-lettered after
+    its last attempt. Retry waits pass on the broker's clock, not yours.
     """
     configure_logging("INFO" if verbose else "CRITICAL", "text")
     with reported():
@@ -62,7 +64,16 @@ def demo(
         settings = settings.model_copy(update={"idempotency_url": "memory://"})
         services: dict[str, list[type[Consumer]]] = {}
         for target in targets or SHOP:
-            services.setdefault(_service(target), []).extend(load_consumers([target]))
+            try:
+                consumers = load_consumers([target])
+            except ConfigError as exc:
+                if targets:
+                    raise
+                raise ConfigError(
+                    f"{exc}: without targets, kanin demo runs the example shop from the "
+                    "repository root"
+                ) from None
+            services.setdefault(_service(target), []).extend(consumers)
         loaded: Topology | None = None
         if topology is not None or settings.topology.exists():
             loaded = load_topology(settings.topology)

@@ -144,3 +144,9 @@ def test_kanin_demo_says_what_is_wrong_with_its_seed(tmp_path: Path) -> None:
         result = run([KANIN, "demo", "greeter", "--seed", seed], tmp_path)
         assert result.returncode == 2, (seed, result.stdout, result.stderr)
         assert result.stderr.strip() == f"error: {message}"
+    elsewhere = run([KANIN, "demo"], tmp_path)  # no example shop here
+    assert elsewhere.returncode == 2
+    assert elsewhere.stderr.strip() == (
+        "error: cannot import 'workers.inventory': no module named 'workers': "
+        "without targets, kanin demo runs the example shop from the repository root"
+    )
