@@ -11,8 +11,8 @@ import typer
 
 from framework.cli.app import app, load_settings, reported
 from framework.consumer import Consumer
-from framework.errors import ConfigError
 from framework.demo import event_map, run_demo
+from framework.errors import ConfigError
 from framework.loading import load_attribute, load_consumers
 from framework.logs import configure as configure_logging
 from framework.topology import Topology, load_topology
