@@ -14,19 +14,35 @@ Off (no provider) means every call returns a shared no-op context manager at onc
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
 
 from framework.errors import ConfigError
+from framework.spans import LeanTracer
 
 _OFF: AbstractContextManager[None] = nullcontext()
 
@@ -47,6 +63,17 @@ class _HeaderGetter(Getter[Mapping[str, Any]]):
 
 
 _GETTER = _HeaderGetter()
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+
+
+def _is_w3c_default(textmap: object) -> bool:
+    """Whether ``textmap`` is OpenTelemetry's default: W3C trace context, then baggage."""
+    kinds = [type(p) for p in getattr(textmap, "_propagators", ())]
+    return isinstance(textmap, CompositePropagator) and kinds == [
+        TraceContextTextMapPropagator,
+        W3CBaggagePropagator,
+    ]
 
 
 class Tracing:
@@ -56,6 +83,10 @@ class Tracing:
         self.provider = provider
         self.enabled = provider is not None
         self.tracer = provider.get_tracer("kanin") if provider is not None else None
+        # The SDK's tracer gets lean spans (framework.spans); any other keeps its own.
+        self._textmap: object = None
+        self._w3c = False
+        self.lean = LeanTracer(self.tracer) if isinstance(self.tracer, SdkTracer) else None
 
     @classmethod
     def default(cls, provider: trace.TracerProvider | None = None) -> Tracing:
@@ -71,7 +102,7 @@ class Tracing:
         """A PRODUCER span around one publish; its context goes into ``properties.headers``."""
         if self.tracer is None:
             return _OFF
-        attributes: dict[str, str | int] = {
+        attributes: dict[str, AttributeValue] = {
             "messaging.system": "rabbitmq",
             "messaging.operation.name": "send",
             "messaging.operation.type": "send",
@@ -82,12 +113,12 @@ class Tracing:
         }
         if routing_key:
             attributes["messaging.rabbitmq.destination.routing_key"] = routing_key
-        span = self.tracer.start_span(
+        span = self._start(
             f"send {exchange or 'amq.default'}:{routing_key}",
-            kind=SpanKind.PRODUCER,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
+            SpanKind.PRODUCER,
+            None,
+            attributes,
+            (),
         )
         active = _Active(span)
         if properties.headers is None:
@@ -101,11 +132,11 @@ class Tracing:
         """A CONSUMER span around the handling of ``delivery``; current while it lasts."""
         if self.tracer is None:
             return _OFF
-        parent = propagate.extract(delivery.headers, getter=_GETTER)
+        parent = self._extract(delivery.headers)
         producer = trace.get_current_span(parent).get_span_context()
         properties = delivery.properties
         exchange, routing_key = delivery.exchange, delivery.routing_key
-        attributes: dict[str, str | int] = {
+        attributes: dict[str, AttributeValue] = {
             "messaging.system": "rabbitmq",
             "messaging.operation.name": "process",
             "messaging.operation.type": "process",
@@ -120,16 +151,57 @@ class Tracing:
             attributes["messaging.message.id"] = str(properties.message_id)
         if properties.correlation_id:
             attributes["messaging.message.conversation_id"] = str(properties.correlation_id)
-        span = self.tracer.start_span(
+        span = self._start(
             f"process {exchange or 'amq.default'}:{routing_key}:{queue}",
+            SpanKind.CONSUMER,
+            parent,
+            attributes,
+            (Link(producer),) if producer.is_valid else (),
+        )
+        return _Active(span)
+
+    def _extract(self, headers: Mapping[str, Any]) -> otel_context.Context:
+        """The producer's context in ``headers``, by the global propagator. Under the
+        default W3C propagators, a lone version-00 ``traceparent`` is read here directly:
+        the same context, for a third of the cost."""
+        textmap = propagate.get_global_textmap()
+        if textmap is not self._textmap:
+            self._textmap, self._w3c = textmap, _is_w3c_default(textmap)
+        if self._w3c and "tracestate" not in headers and "baggage" not in headers:
+            value = headers.get("traceparent")
+            if value is None:
+                return otel_context.Context()
+            match = _TRACEPARENT.fullmatch(value) if type(value) is str else None
+            if match is not None and match[1] != _ZERO_TRACE and match[2] != _ZERO_SPAN:
+                remote = SpanContext(
+                    int(match[1], 16),
+                    int(match[2], 16),
+                    is_remote=True,
+                    trace_flags=TraceFlags(int(match[3], 16)),
+                )
+                return trace.set_span_in_context(NonRecordingSpan(remote), otel_context.Context())
+        return textmap.extract(headers, getter=_GETTER)
+
+    def _start(
+        self,
+        name: str,
+        kind: SpanKind,
+        parent: otel_context.Context | None,
+        attributes: dict[str, AttributeValue],
+        links: tuple[Link, ...],
+    ) -> Span:
+        if self.lean is not None:
+            return self.lean.start(name, kind, parent, attributes, links)
+        tracer = cast(trace.Tracer, self.tracer)  # the callers return early when off
+        return tracer.start_span(
+            name,
             context=parent,
-            kind=SpanKind.CONSUMER,
-            links=[Link(producer)] if producer.is_valid else None,
+            kind=kind,
+            links=links,
             attributes=attributes,
             record_exception=False,
             set_status_on_exception=False,
         )
-        return _Active(span)
 
 
 class _Active:

@@ -1,0 +1,226 @@
+"""Lean recording spans: kanin's span per message, handed to the SDK's own pipeline.
+
+The OpenTelemetry SDK's ``Span`` takes a lock for every change, re-validates every
+attribute through ``BoundedAttributes`` and copies itself into a ``ReadableSpan`` when it
+ends; for a span per message that is most of what tracing costs. kanin's spans are
+started, changed and ended on one event-loop thread, so :class:`LeanSpan` keeps its fields
+in the ``ReadableSpan`` it already is. Everything else stays the provider's: its sampler
+decides, its id generator numbers, its span limits apply, and its span processors get
+``on_start`` with the live span and ``on_end`` with the finished one, so batching and
+exporters see what the SDK would have given them.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Mapping, Sequence
+from time import time_ns
+from typing import Any, cast
+
+from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
+from opentelemetry.sdk.trace import Span as SdkSpan
+from opentelemetry.sdk.trace import Tracer as SdkTracer
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.util.types import Attributes, AttributeValue
+
+# W3C Trace Context level 2's "random trace id" flag; SDKs before it have no such flag.
+_RANDOM: int = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
+_FLAGS = {bits: TraceFlags(bits) for bits in (0, 1, _RANDOM, 1 | _RANDOM)}
+
+
+class LeanTracer:
+    """Starts :class:`LeanSpan`s with an SDK tracer's sampler, ids, limits and processors."""
+
+    def __init__(self, tracer: SdkTracer) -> None:
+        self.tracer = tracer
+        info = tracer.instrumentation_info
+        self.scope = InstrumentationScope(info.name, info.version, info.schema_url)
+        # The provider's limits (constructor or OTEL_SPAN_*_LIMIT variables); the SDK
+        # keeps them on the tracer without a public name.
+        limits = getattr(tracer, "_span_limits", None)
+        self.limits = limits if isinstance(limits, SpanLimits) else SpanLimits()
+        # Start attributes go through the SDK's checks only when a limit could cut them.
+        self.check_at_start = self.limits.max_span_attribute_length is not None
+        random_roots = getattr(tracer.id_generator, "is_trace_id_random", None)
+        self.random_roots = _RANDOM if random_roots is not None and random_roots() else 0
+
+    def start(
+        self,
+        name: str,
+        kind: SpanKind,
+        parent: Context | None,
+        attributes: dict[str, AttributeValue],
+        links: Sequence[Link] = (),
+    ) -> trace.Span:
+        """A started span under ``parent`` (else the current context), as the SDK starts
+        one; it keeps ``attributes`` (a dict of the caller's making) as its own."""
+        tracer = self.tracer
+        remote = trace.get_current_span(parent).get_span_context()
+        parent_span: SpanContext | None
+        if remote.is_valid:
+            parent_span, trace_id = remote, remote.trace_id
+            random = remote.trace_flags & _RANDOM
+        else:
+            parent_span, trace_id = None, tracer.id_generator.generate_trace_id()
+            random = self.random_roots
+        result = tracer.sampler.should_sample(parent, trace_id, name, kind, attributes, links)
+        sampled = (
+            TraceFlags.SAMPLED
+            if result.decision is Decision.RECORD_AND_SAMPLE
+            else TraceFlags.DEFAULT
+        )
+        context = SpanContext(
+            trace_id,
+            tracer.id_generator.generate_span_id(),
+            is_remote=False,
+            trace_flags=_FLAGS[sampled | random],
+            trace_state=result.trace_state,
+        )
+        if result.decision is Decision.DROP:
+            return trace.NonRecordingSpan(context)
+        kept: dict[str, AttributeValue] | BoundedAttributes = attributes
+        if result.attributes != attributes:  # the sampler's attributes are the span's
+            kept = dict(result.attributes)
+        limit = self.limits.max_span_attributes
+        if self.check_at_start or (limit is not None and len(kept) > limit):
+            kept = self.attributes(kept)
+        span = LeanSpan(self, name, kind, context, parent_span, kept, links)
+        # Processors are typed for the SDK's span; they get the same API and fields.
+        tracer.span_processor.on_start(cast(SdkSpan, span), parent_context=parent)
+        return span
+
+    def attributes(self, attributes: Attributes) -> BoundedAttributes:
+        """``attributes`` checked and limited as the SDK checks a span's."""
+        limits = self.limits
+        return BoundedAttributes(
+            limits.max_span_attributes,
+            attributes,
+            immutable=False,
+            max_value_len=limits.max_span_attribute_length,
+        )
+
+
+class LeanSpan(trace.Span, ReadableSpan):
+    """A recording span that is its own finished ``ReadableSpan``; one thread only."""
+
+    def __init__(
+        self,
+        lean: LeanTracer,
+        name: str,
+        kind: SpanKind,
+        context: SpanContext,
+        parent: SpanContext | None,
+        attributes: dict[str, AttributeValue] | BoundedAttributes,
+        links: Sequence[Link],
+    ) -> None:
+        ReadableSpan.__init__(
+            self,
+            name=name,
+            context=context,
+            parent=parent,
+            resource=lean.tracer.resource,
+            attributes=attributes,
+            events=(),
+            links=links,
+            kind=kind,
+            instrumentation_info=lean.tracer.instrumentation_info,
+            start_time=time_ns(),
+            instrumentation_scope=lean.scope,
+        )
+        self._lean = lean
+
+    def get_span_context(self) -> SpanContext:
+        return cast(SpanContext, self._context)
+
+    def is_recording(self) -> bool:
+        return self._end_time is None
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._end_time is not None:
+            return
+        self._end_time = end_time if end_time is not None else time_ns()
+        self._lean.tracer.span_processor.on_end(self)
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        if self._end_time is None:
+            self._bounded()[key] = value
+
+    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
+        if self._end_time is None:
+            bounded = self._bounded()
+            for key, value in attributes.items():
+                bounded[key] = value
+
+    def _bounded(self) -> BoundedAttributes:
+        """The attributes, checked and limited as the SDK does, from the first change on
+        (the ones kanin starts a span with are valid already)."""
+        if not isinstance(self._attributes, BoundedAttributes):
+            self._attributes = self._lean.attributes(self._attributes)
+        return self._attributes
+
+    def add_event(
+        self, name: str, attributes: Attributes = None, timestamp: int | None = None
+    ) -> None:
+        if self._end_time is not None:
+            return
+        limits = self._lean.limits
+        if not isinstance(self._events, BoundedList):
+            self._events = BoundedList(limits.max_events)
+        bounded = BoundedAttributes(
+            limits.max_event_attributes, attributes, max_value_len=limits.max_attribute_length
+        )
+        self._events.append(Event(name, bounded, timestamp))
+
+    def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
+        if self._end_time is not None or not (
+            context and (context.is_valid or attributes or context.trace_state)
+        ):
+            return
+        limits = self._lean.limits
+        if not isinstance(self._links, BoundedList):
+            self._links = BoundedList.from_seq(limits.max_links, self._links)
+        bounded = BoundedAttributes(
+            limits.max_link_attributes, attributes, max_value_len=limits.max_attribute_length
+        )
+        self._links.append(Link(context, bounded))
+
+    def update_name(self, name: str) -> None:
+        if self._end_time is None:
+            self._name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        if self._end_time is not None or self._status.status_code is StatusCode.OK:
+            return  # an OK status is final, as in the SDK
+        if isinstance(status, StatusCode):
+            status = Status(status, description)
+        if status.status_code is not StatusCode.UNSET:
+            self._status = status
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Attributes = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        kind = type(exception)
+        module = kind.__module__
+        event: dict[str, Any] = {
+            "exception.type": (
+                f"{module}.{kind.__qualname__}" if module != "builtins" else kind.__qualname__
+            ),
+            "exception.message": str(exception),
+            "exception.stacktrace": "".join(traceback.format_exception(exception)),
+            "exception.escaped": str(escaped),
+        }
+        event.update(attributes or {})
+        self.add_event("exception", event, timestamp)
+
+    def __repr__(self) -> str:
+        return f'LeanSpan(name="{self._name}", context={self._context})'

@@ -1,0 +1,238 @@
+"""kanin's lean spans export what the SDK's own spans would, and obey the provider."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import pytest
+from opentelemetry import baggage, propagate, trace
+from opentelemetry import context as otel_context
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Link, SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from framework.spans import LeanSpan
+from framework.tracing import _GETTER, Tracing
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+TRACEPARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
+
+
+def recorded(**provider_args: Any) -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "t"}), **provider_args)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+def exercise(span: trace.Span) -> None:
+    """Everything kanin and a handler may do to a span, the same way on both kinds."""
+    span.set_attribute("kanin.attempt", 2)
+    span.set_attributes({"tags": ["a", "b"], "ratio": 0.5, "flag": True})
+    span.set_attribute("bad", {"a": 1})  # type: ignore[arg-type]  # dropped, as the SDK does
+    span.add_event("kanin.retry", {"kanin.attempt": 2, "kanin.reason": "ValueError"})
+    span.add_link(trace.SpanContext(7, 8, is_remote=True), {"why": "fan-in"})
+    span.update_name("process renamed")
+    span.record_exception(ValueError("boom"))
+    span.set_status(StatusCode.ERROR, "ValueError: boom")
+    span.set_status(StatusCode.UNSET)  # ignored
+    span.end()
+    span.set_attribute("late", 1)  # ignored after end
+    span.end()  # a second end is ignored too
+
+
+def comparable(span: ReadableSpan) -> dict[str, Any]:
+    def events() -> Iterator[tuple[str, dict[str, Any]]]:
+        for event in span.events:
+            attributes = dict(event.attributes or {})
+            if "exception.stacktrace" in attributes:  # line numbers differ between callers
+                attributes["exception.stacktrace"] = attributes["exception.stacktrace"].startswith(
+                    "Traceback"
+                )
+            yield event.name, attributes
+
+    assert span.context is not None and span.parent is not None
+    return {
+        "name": span.name,
+        "kind": span.kind,
+        "trace_id": span.context.trace_id,
+        "flags": span.context.trace_flags,
+        "remote": span.context.is_remote,
+        "parent": span.parent,
+        "attributes": dict(span.attributes or {}),
+        "events": list(events()),
+        "links": [(link.context, dict(link.attributes or {})) for link in span.links],
+        "status": (span.status.status_code, span.status.description),
+        "resource": span.resource.attributes,
+        "scope": span.instrumentation_scope,
+        "timed": span.start_time is not None and span.end_time is not None,
+        "dropped": (span.dropped_attributes, span.dropped_events, span.dropped_links),
+    }
+
+
+def test_a_lean_span_exports_what_the_sdk_span_exports() -> None:
+    provider, exporter = recorded()
+    parent = propagate.extract({"traceparent": TRACEPARENT})
+    producer = trace.get_current_span(parent).get_span_context()
+    attributes = {"messaging.system": "rabbitmq", "messaging.operation.type": "process"}
+    links = (Link(producer),)
+
+    sdk = provider.get_tracer("kanin").start_span(
+        "process x", parent, SpanKind.CONSUMER, dict(attributes), links
+    )
+    exercise(sdk)
+    lean_tracer = Tracing(provider).lean
+    assert lean_tracer is not None
+    lean = lean_tracer.start("process x", SpanKind.CONSUMER, parent, dict(attributes), links)
+    assert isinstance(lean, LeanSpan)
+    exercise(lean)
+
+    expected, got = exporter.get_finished_spans()
+    assert comparable(got) == comparable(expected)
+    assert got.context is not None and expected.context is not None
+    assert got.context.span_id != expected.context.span_id
+    assert got.to_json() and got.attributes["kanin.attempt"] == 2
+
+
+def test_a_root_span_gets_new_ids_and_the_same_flags() -> None:
+    provider, exporter = recorded()
+    provider.get_tracer("kanin").start_span("send x", kind=SpanKind.PRODUCER).end()
+    lean = Tracing(provider).lean
+    assert lean is not None
+    lean.start("send x", SpanKind.PRODUCER, None, {}).end()
+    expected, got = exporter.get_finished_spans()
+    assert got.parent is None and expected.parent is None
+    assert got.context is not None and expected.context is not None
+    assert got.context.trace_id != expected.context.trace_id
+    assert got.context.trace_flags == expected.context.trace_flags
+
+
+def test_the_provider_sampler_decides() -> None:
+    provider, exporter = recorded(sampler=ALWAYS_OFF)
+    lean = Tracing(provider).lean
+    assert lean is not None
+    span = lean.start("process x", SpanKind.CONSUMER, None, {})
+    assert not span.is_recording() and span.get_span_context().is_valid
+    span.end()
+    # a sampled remote parent wins over a ratio of 0 under ParentBased, as in the SDK
+    provider, exporter = recorded(sampler=ParentBased(TraceIdRatioBased(0)))
+    lean = Tracing(provider).lean
+    assert lean is not None
+    lean.start("a", SpanKind.CONSUMER, propagate.extract({"traceparent": TRACEPARENT}), {}).end()
+    lean.start("b", SpanKind.CONSUMER, otel_context.Context(), {}).end()
+    assert [s.name for s in exporter.get_finished_spans()] == ["a"]
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        SpanLimits(max_span_attributes=2, max_events=1, max_links=1),
+        SpanLimits(max_span_attribute_length=3, max_event_attributes=1, max_attribute_length=2),
+    ],
+)
+def test_the_provider_limits_apply_as_in_the_sdk(limits: SpanLimits) -> None:
+    provider, exporter = recorded(span_limits=limits)
+    parent = propagate.extract({"traceparent": TRACEPARENT})
+    links = (Link(trace.get_current_span(parent).get_span_context()),)
+    attributes = {"messaging.system": "rabbitmq", "a": "1", "b": "2"}
+    sdk = provider.get_tracer("kanin").start_span(
+        "x", parent, SpanKind.CONSUMER, dict(attributes), links
+    )
+    exercise(sdk)
+    lean = Tracing(provider).lean
+    assert lean is not None
+    exercise(lean.start("x", SpanKind.CONSUMER, parent, dict(attributes), links))
+    expected, got = exporter.get_finished_spans()
+    assert comparable(got) == comparable(expected)
+    assert got.dropped_attributes or len(got.attributes["messaging.system"]) == 3  # type: ignore[index,arg-type]
+
+
+def test_processors_see_the_span_start() -> None:
+    class Stamp(SpanProcessor):
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            span.set_attribute("stamped", True)
+
+    provider, exporter = recorded()
+    provider.add_span_processor(Stamp())
+    lean = Tracing(provider).lean
+    assert lean is not None
+    lean.start("x", SpanKind.CONSUMER, None, {}).end()
+    (got,) = exporter.get_finished_spans()
+    assert got.attributes == {"stamped": True}
+
+
+def test_a_provider_that_is_not_the_sdk_keeps_its_own_spans() -> None:
+    tracing = Tracing(trace.NoOpTracerProvider())
+    assert tracing.enabled and tracing.lean is None
+
+    class Delivery:
+        headers: ClassVar = {"traceparent": TRACEPARENT}
+        properties = type("P", (), {"message_id": "m", "correlation_id": None})()
+        exchange, routing_key, delivery_tag, body = "ex", "rk", 1, b"{}"
+
+    with tracing.process(Delivery(), "q", 1) as span:
+        assert span is not None and not span.is_recording()
+
+
+def default_propagators() -> CompositePropagator:
+    return CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+
+
+HEADERS = [
+    {},
+    {"traceparent": TRACEPARENT},
+    {"traceparent": TRACEPARENT.encode()},
+    {"traceparent": TRACEPARENT.replace("-01", "-00")},
+    {"traceparent": TRACEPARENT.upper()},
+    {"traceparent": f"00-{'0' * 32}-b7ad6b7169203331-01"},
+    {"traceparent": f"00-{TRACE_ID}-{'0' * 16}-01"},
+    {"traceparent": TRACEPARENT.replace("00-", "ff-", 1)},
+    {"traceparent": TRACEPARENT.replace("00-", "01-", 1) + "-more"},
+    {"traceparent": TRACEPARENT + "-more"},
+    {"traceparent": "garbage"},
+    {"traceparent": 42},
+    {"traceparent": TRACEPARENT, "tracestate": "vendor=1"},
+    {"traceparent": TRACEPARENT, "baggage": "user=alice"},
+]
+
+
+@pytest.mark.parametrize("headers", HEADERS, ids=range(len(HEADERS)))
+def test_kanin_reads_a_traceparent_as_the_w3c_propagator_does(headers: dict[str, Any]) -> None:
+    provider, _ = recorded()
+    tracing = Tracing(provider)
+    expected = default_propagators().extract(headers, getter=_GETTER)
+    got = tracing._extract(headers)
+    assert tracing._w3c  # the global propagator is OpenTelemetry's default here
+    assert list(got) == list(expected)
+    assert trace.get_current_span(got).get_span_context() == (
+        trace.get_current_span(expected).get_span_context()
+    )
+    assert baggage.get_all(got) == baggage.get_all(expected)
+
+
+def test_a_configured_propagator_is_used_as_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[object] = []
+
+    class Recording(TraceContextTextMapPropagator):
+        def extract(self, carrier: Any, context: Any = None, getter: Any = None) -> Any:
+            calls.append(carrier)
+            return super().extract(carrier, context, getter)
+
+    provider, _ = recorded()
+    tracing = Tracing(provider)
+    tracing._extract({"traceparent": TRACEPARENT})
+    previous = propagate.get_global_textmap()
+    propagate.set_global_textmap(Recording())
+    try:
+        context = tracing._extract({"traceparent": TRACEPARENT})
+    finally:
+        propagate.set_global_textmap(previous)
+    assert calls == [{"traceparent": TRACEPARENT}]
+    assert f"{trace.get_current_span(context).get_span_context().trace_id:032x}" == TRACE_ID
