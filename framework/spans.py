@@ -31,6 +31,7 @@ from opentelemetry.util.types import Attributes, AttributeValue
 
 # W3C Trace Context level 2's "random trace id" flag; SDKs before it have no such flag.
 _RANDOM: int = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
+_UNSET = Status(StatusCode.UNSET)
 _FLAGS = {bits: TraceFlags(bits) for bits in (0, 1, _RANDOM, 1 | _RANDOM)}
 
 
@@ -55,13 +56,15 @@ class LeanTracer:
         name: str,
         kind: SpanKind,
         parent: Context | None,
+        remote: SpanContext,
         attributes: dict[str, AttributeValue],
         links: Sequence[Link] = (),
     ) -> trace.Span:
-        """A started span under ``parent`` (else the current context), as the SDK starts
-        one; it keeps ``attributes`` (a dict of the caller's making) as its own."""
+        """A started span under ``parent`` (None: the current context), whose span
+        context the caller has read already as ``remote``, as the SDK starts one. It keeps
+        ``attributes`` (a dict of the caller's making) as its own; ``links`` are valid and
+        carry no attributes."""
         tracer = self.tracer
-        remote = trace.get_current_span(parent).get_span_context()
         parent_span: SpanContext | None
         if remote.is_valid:
             parent_span, trace_id = remote, remote.trace_id
@@ -119,20 +122,20 @@ class LeanSpan(trace.Span, ReadableSpan):
         attributes: dict[str, AttributeValue] | BoundedAttributes,
         links: Sequence[Link],
     ) -> None:
-        ReadableSpan.__init__(
-            self,
-            name=name,
-            context=context,
-            parent=parent,
-            resource=lean.tracer.resource,
-            attributes=attributes,
-            events=(),
-            links=links,
-            kind=kind,
-            instrumentation_info=lean.tracer.instrumentation_info,
-            start_time=time_ns(),
-            instrumentation_scope=lean.scope,
-        )
+        # ReadableSpan's own fields, which its properties read (its __init__ is slower).
+        self._name = name
+        self._context = context
+        self._kind = kind
+        self._instrumentation_info = lean.tracer.instrumentation_info
+        self._instrumentation_scope = lean.scope
+        self._parent = parent
+        self._start_time: int | None = time_ns()
+        self._end_time: int | None = None
+        self._attributes = attributes
+        self._events: Sequence[Event] = ()
+        self._links = links
+        self._resource = lean.tracer.resource
+        self._status = _UNSET
         self._lean = lean
 
     def get_span_context(self) -> SpanContext:

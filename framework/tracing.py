@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
     Link,
     NonRecordingSpan,
     Span,
@@ -118,6 +119,7 @@ class Tracing:
             f"send {exchange or 'amq.default'}:{routing_key}",
             SpanKind.PRODUCER,
             None,
+            trace.get_current_span().get_span_context(),
             attributes,
             (),
         )
@@ -133,8 +135,7 @@ class Tracing:
         """A CONSUMER span around the handling of ``delivery``; current while it lasts."""
         if self.tracer is None:
             return _OFF
-        parent = self._extract(delivery.headers)
-        producer = trace.get_current_span(parent).get_span_context()
+        parent, producer = self._extract(delivery.headers)
         properties = delivery.properties
         exchange, routing_key = delivery.exchange, delivery.routing_key
         attributes: dict[str, AttributeValue] = {
@@ -156,13 +157,15 @@ class Tracing:
             f"process {exchange or 'amq.default'}:{routing_key}:{queue}",
             SpanKind.CONSUMER,
             parent,
+            producer,
             attributes,
             (Link(producer),) if producer.is_valid else (),
         )
         return _Active(span)
 
-    def _extract(self, headers: Mapping[str, Any]) -> otel_context.Context:
-        """The producer's context in ``headers``, by the global propagator. Under the
+    def _extract(self, headers: Mapping[str, Any]) -> tuple[otel_context.Context, SpanContext]:
+        """The producer's context in ``headers`` and its span context, by the global
+        propagator. Under the
         default W3C propagators, a lone version-00 ``traceparent`` is read here directly:
         the same context, for about half the cost."""
         textmap = propagate.get_global_textmap()
@@ -171,7 +174,7 @@ class Tracing:
         if self._w3c and "tracestate" not in headers and "baggage" not in headers:
             value = headers.get("traceparent")
             if value is None:
-                return otel_context.Context()
+                return otel_context.Context(), INVALID_SPAN_CONTEXT
             match = _TRACEPARENT.fullmatch(value) if type(value) is str else None
             if match is not None and match[1] != _ZERO_TRACE and match[2] != _ZERO_SPAN:
                 remote = SpanContext(
@@ -180,19 +183,24 @@ class Tracing:
                     is_remote=True,
                     trace_flags=TraceFlags(int(match[3], 16)),
                 )
-                return trace.set_span_in_context(NonRecordingSpan(remote), otel_context.Context())
-        return textmap.extract(headers, getter=_GETTER)
+                span = NonRecordingSpan(remote)
+                return trace.set_span_in_context(span, otel_context.Context()), remote
+        context = textmap.extract(headers, getter=_GETTER)
+        return context, trace.get_current_span(context).get_span_context()
 
     def _start(
         self,
         name: str,
         kind: SpanKind,
         parent: otel_context.Context | None,
+        remote: SpanContext,
         attributes: dict[str, AttributeValue],
         links: tuple[Link, ...],
     ) -> Span:
+        """A span under ``parent`` (None: the current context), whose span context is
+        ``remote``."""
         if self.lean is not None:
-            return self.lean.start(name, kind, parent, attributes, links)
+            return self.lean.start(name, kind, parent, remote, attributes, links)
         tracer = cast(trace.Tracer, self.tracer)  # the callers return early when off
         return tracer.start_span(
             name,

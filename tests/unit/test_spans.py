@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRat
 from opentelemetry.trace import Link, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from framework.spans import LeanSpan
+from framework.spans import LeanSpan, LeanTracer
 from framework.tracing import _GETTER, Tracing
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -30,6 +30,19 @@ def recorded(**provider_args: Any) -> tuple[TracerProvider, InMemorySpanExporter
     provider = TracerProvider(resource=Resource.create({"service.name": "t"}), **provider_args)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return provider, exporter
+
+
+def start(
+    lean: LeanTracer,
+    name: str,
+    kind: SpanKind,
+    parent: otel_context.Context | None,
+    attributes: dict[str, Any],
+    links: tuple[Link, ...] = (),
+) -> trace.Span:
+    """``lean.start`` as kanin calls it: with the parent's span context read first."""
+    remote = trace.get_current_span(parent).get_span_context()
+    return lean.start(name, kind, parent, remote, attributes, links)
 
 
 def exercise(span: trace.Span) -> None:
@@ -90,7 +103,7 @@ def test_a_lean_span_exports_what_the_sdk_span_exports() -> None:
     exercise(sdk)
     lean_tracer = Tracing(provider).lean
     assert lean_tracer is not None
-    lean = lean_tracer.start("process x", SpanKind.CONSUMER, parent, dict(attributes), links)
+    lean = start(lean_tracer, "process x", SpanKind.CONSUMER, parent, dict(attributes), links)
     assert isinstance(lean, LeanSpan)
     exercise(lean)
 
@@ -106,7 +119,7 @@ def test_a_root_span_gets_new_ids_and_the_same_flags() -> None:
     provider.get_tracer("kanin").start_span("send x", kind=SpanKind.PRODUCER).end()
     lean = Tracing(provider).lean
     assert lean is not None
-    lean.start("send x", SpanKind.PRODUCER, None, {}).end()
+    start(lean, "send x", SpanKind.PRODUCER, None, {}).end()
     expected, got = exporter.get_finished_spans()
     assert got.parent is None and expected.parent is None
     assert got.context is not None and expected.context is not None
@@ -118,15 +131,15 @@ def test_the_provider_sampler_decides() -> None:
     provider, exporter = recorded(sampler=ALWAYS_OFF)
     lean = Tracing(provider).lean
     assert lean is not None
-    span = lean.start("process x", SpanKind.CONSUMER, None, {})
+    span = start(lean, "process x", SpanKind.CONSUMER, None, {})
     assert not span.is_recording() and span.get_span_context().is_valid
     span.end()
     # a sampled remote parent wins over a ratio of 0 under ParentBased, as in the SDK
     provider, exporter = recorded(sampler=ParentBased(TraceIdRatioBased(0)))
     lean = Tracing(provider).lean
     assert lean is not None
-    lean.start("a", SpanKind.CONSUMER, propagate.extract({"traceparent": TRACEPARENT}), {}).end()
-    lean.start("b", SpanKind.CONSUMER, otel_context.Context(), {}).end()
+    start(lean, "a", SpanKind.CONSUMER, propagate.extract({"traceparent": TRACEPARENT}), {}).end()
+    start(lean, "b", SpanKind.CONSUMER, otel_context.Context(), {}).end()
     assert [s.name for s in exporter.get_finished_spans()] == ["a"]
 
 
@@ -148,7 +161,7 @@ def test_the_provider_limits_apply_as_in_the_sdk(limits: SpanLimits) -> None:
     exercise(sdk)
     lean = Tracing(provider).lean
     assert lean is not None
-    exercise(lean.start("x", SpanKind.CONSUMER, parent, dict(attributes), links))
+    exercise(start(lean, "x", SpanKind.CONSUMER, parent, dict(attributes), links))
     expected, got = exporter.get_finished_spans()
     assert comparable(got) == comparable(expected)
     assert got.dropped_attributes or len(got.attributes["messaging.system"]) == 3  # type: ignore[index,arg-type]
@@ -163,7 +176,7 @@ def test_processors_see_the_span_start() -> None:
     provider.add_span_processor(Stamp())
     lean = Tracing(provider).lean
     assert lean is not None
-    lean.start("x", SpanKind.CONSUMER, None, {}).end()
+    start(lean, "x", SpanKind.CONSUMER, None, {}).end()
     (got,) = exporter.get_finished_spans()
     assert got.attributes == {"stamped": True}
 
@@ -208,12 +221,11 @@ def test_kanin_reads_a_traceparent_as_the_w3c_propagator_does(headers: dict[str,
     provider, _ = recorded()
     tracing = Tracing(provider)
     expected = default_propagators().extract(headers, getter=_GETTER)
-    got = tracing._extract(headers)
+    got, remote = tracing._extract(headers)
     assert tracing._w3c  # the global propagator is OpenTelemetry's default here
     assert list(got) == list(expected)
-    assert trace.get_current_span(got).get_span_context() == (
-        trace.get_current_span(expected).get_span_context()
-    )
+    assert remote == trace.get_current_span(got).get_span_context()
+    assert remote == trace.get_current_span(expected).get_span_context()
     assert baggage.get_all(got) == baggage.get_all(expected)
 
 
@@ -231,8 +243,9 @@ def test_a_configured_propagator_is_used_as_is(monkeypatch: pytest.MonkeyPatch) 
     previous = propagate.get_global_textmap()
     propagate.set_global_textmap(Recording())
     try:
-        context = tracing._extract({"traceparent": TRACEPARENT})
+        context, remote = tracing._extract({"traceparent": TRACEPARENT})
     finally:
         propagate.set_global_textmap(previous)
     assert calls == [{"traceparent": TRACEPARENT}]
     assert f"{trace.get_current_span(context).get_span_context().trace_id:032x}" == TRACE_ID
+    assert f"{remote.trace_id:032x}" == TRACE_ID
