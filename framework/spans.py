@@ -32,7 +32,15 @@ from opentelemetry.util.types import Attributes, AttributeValue
 # W3C Trace Context level 2's "random trace id" flag; SDKs before it have no such flag.
 _RANDOM: int = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
 _UNSET = Status(StatusCode.UNSET)
+# What the SDK gives a link without attributes (exporters read ``.dropped`` on it);
+# empty and immutable, so one serves every link.
+_NO_ATTRIBUTES = BoundedAttributes(immutable=True)
 _FLAGS = {bits: TraceFlags(bits) for bits in (0, 1, _RANDOM, 1 | _RANDOM)}
+
+
+def link(context: SpanContext) -> Link:
+    """A link to ``context`` without attributes, shaped as the SDK shapes one."""
+    return Link(context, _NO_ATTRIBUTES)
 
 
 class LeanTracer:
@@ -62,8 +70,8 @@ class LeanTracer:
     ) -> trace.Span:
         """A started span under ``parent`` (None: the current context), whose span
         context the caller has read already as ``remote``, as the SDK starts one. It keeps
-        ``attributes`` (a dict of the caller's making) as its own; ``links`` are valid and
-        carry no attributes."""
+        ``attributes`` (a dict of the caller's making) as its own; ``links`` are valid, made
+        by :func:`link`."""
         tracer = self.tracer
         parent_span: SpanContext | None
         if remote.is_valid:

@@ -43,7 +43,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from framework.errors import ConfigError
-from framework.spans import LeanTracer
+from framework.spans import LeanTracer, link
 
 _OFF: AbstractContextManager[None] = nullcontext()
 
@@ -159,7 +159,7 @@ class Tracing:
             parent,
             producer,
             attributes,
-            (Link(producer),) if producer.is_valid else (),
+            (link(producer),) if producer.is_valid else (),
         )
         return _Active(span)
 

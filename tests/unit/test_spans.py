@@ -9,6 +9,7 @@ import pytest
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
@@ -18,7 +19,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRat
 from opentelemetry.trace import Link, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from framework.spans import LeanSpan, LeanTracer
+from framework.spans import LeanSpan, LeanTracer, link
 from framework.tracing import _GETTER, Tracing
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -90,28 +91,49 @@ def comparable(span: ReadableSpan) -> dict[str, Any]:
     }
 
 
-def test_a_lean_span_exports_what_the_sdk_span_exports() -> None:
-    provider, exporter = recorded()
+def sdk_and_lean_spans(limits: SpanLimits | None = None) -> tuple[ReadableSpan, ReadableSpan]:
+    """The same span made by the SDK and by kanin, the same things done to each, exported."""
+    provider, exporter = recorded(span_limits=limits)
     parent = propagate.extract({"traceparent": TRACEPARENT})
     producer = trace.get_current_span(parent).get_span_context()
-    attributes = {"messaging.system": "rabbitmq", "messaging.operation.type": "process"}
-    links = (Link(producer),)
-
+    attributes = {"messaging.system": "rabbitmq", "messaging.operation.type": "process", "a": "1"}
     sdk = provider.get_tracer("kanin").start_span(
-        "process x", parent, SpanKind.CONSUMER, dict(attributes), links
+        "process x", parent, SpanKind.CONSUMER, dict(attributes), (Link(producer),)
     )
     exercise(sdk)
     lean_tracer = Tracing(provider).lean
     assert lean_tracer is not None
-    lean = start(lean_tracer, "process x", SpanKind.CONSUMER, parent, dict(attributes), links)
+    lean = start(
+        lean_tracer, "process x", SpanKind.CONSUMER, parent, dict(attributes), (link(producer),)
+    )
     assert isinstance(lean, LeanSpan)
     exercise(lean)
-
     expected, got = exporter.get_finished_spans()
-    assert comparable(got) == comparable(expected)
     assert got.context is not None and expected.context is not None
     assert got.context.span_id != expected.context.span_id
+    return expected, got
+
+
+def test_a_lean_span_exports_what_the_sdk_span_exports() -> None:
+    expected, got = sdk_and_lean_spans()
+    assert comparable(got) == comparable(expected)
     assert got.to_json() and got.attributes["kanin.attempt"] == 2
+
+
+def test_a_lean_span_encodes_to_the_same_otlp_span() -> None:
+    def encoded(span: ReadableSpan) -> Any:
+        (resource,) = encode_spans([span]).resource_spans
+        (scope,) = resource.scope_spans
+        (pb,) = scope.spans
+        pb.span_id, pb.start_time_unix_nano, pb.end_time_unix_nano = b"", 0, 0
+        for event in pb.events:
+            event.time_unix_nano = 0
+        return resource.resource, scope.scope, pb
+
+    expected, got = sdk_and_lean_spans()
+    assert encoded(got) == encoded(expected)
+    expected, got = sdk_and_lean_spans(SpanLimits(max_span_attributes=2, max_links=1))
+    assert encoded(got) == encoded(expected)
 
 
 def test_a_root_span_gets_new_ids_and_the_same_flags() -> None:
@@ -151,18 +173,7 @@ def test_the_provider_sampler_decides() -> None:
     ],
 )
 def test_the_provider_limits_apply_as_in_the_sdk(limits: SpanLimits) -> None:
-    provider, exporter = recorded(span_limits=limits)
-    parent = propagate.extract({"traceparent": TRACEPARENT})
-    links = (Link(trace.get_current_span(parent).get_span_context()),)
-    attributes = {"messaging.system": "rabbitmq", "a": "1", "b": "2"}
-    sdk = provider.get_tracer("kanin").start_span(
-        "x", parent, SpanKind.CONSUMER, dict(attributes), links
-    )
-    exercise(sdk)
-    lean = Tracing(provider).lean
-    assert lean is not None
-    exercise(start(lean, "x", SpanKind.CONSUMER, parent, dict(attributes), links))
-    expected, got = exporter.get_finished_spans()
+    expected, got = sdk_and_lean_spans(limits)
     assert comparable(got) == comparable(expected)
     assert got.dropped_attributes or len(got.attributes["messaging.system"]) == 3  # type: ignore[index,arg-type]
 
