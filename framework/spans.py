@@ -64,19 +64,20 @@ class LeanTracer:
         name: str,
         kind: SpanKind,
         parent: Context | None,
-        remote: SpanContext,
+        parent_span_context: SpanContext,
         attributes: dict[str, AttributeValue],
         links: Sequence[Link] = (),
     ) -> trace.Span:
-        """A started span under ``parent`` (None: the current context), whose span
-        context the caller has read already as ``remote``, as the SDK starts one. It keeps
-        ``attributes`` (a dict of the caller's making) as its own; ``links`` are valid, made
-        by :func:`link`."""
+        """A started span under ``parent`` (None: the current context), as the SDK starts
+        one; the caller has read the parent's span context already. The span keeps
+        ``attributes`` (a dict of the caller's making) as its own; ``links`` are valid,
+        made by :func:`link`."""
         tracer = self.tracer
+        above = parent_span_context
         parent_span: SpanContext | None
-        if remote.is_valid:
-            parent_span, trace_id = remote, remote.trace_id
-            random = remote.trace_flags & _RANDOM
+        if above.is_valid:
+            parent_span, trace_id = above, above.trace_id
+            random = above.trace_flags & _RANDOM
         else:
             parent_span, trace_id = None, tracer.id_generator.generate_trace_id()
             random = self.random_roots

@@ -165,9 +165,8 @@ class Tracing:
 
     def _extract(self, headers: Mapping[str, Any]) -> tuple[otel_context.Context, SpanContext]:
         """The producer's context in ``headers`` and its span context, by the global
-        propagator. Under the
-        default W3C propagators, a lone version-00 ``traceparent`` is read here directly:
-        the same context, for about half the cost."""
+        propagator. Under the default W3C propagators, a lone version-00 ``traceparent``
+        is read here directly: the same context, for about half the cost."""
         textmap = propagate.get_global_textmap()
         if textmap is not self._textmap:
             self._textmap, self._w3c = textmap, _is_w3c_default(textmap)
@@ -193,14 +192,14 @@ class Tracing:
         name: str,
         kind: SpanKind,
         parent: otel_context.Context | None,
-        remote: SpanContext,
+        above: SpanContext,
         attributes: dict[str, AttributeValue],
         links: tuple[Link, ...],
     ) -> Span:
-        """A span under ``parent`` (None: the current context), whose span context is
-        ``remote``."""
+        """A span under ``parent`` (None: the current context); ``above`` is the span
+        context of that parent."""
         if self.lean is not None:
-            return self.lean.start(name, kind, parent, remote, attributes, links)
+            return self.lean.start(name, kind, parent, above, attributes, links)
         tracer = cast(trace.Tracer, self.tracer)  # the callers return early when off
         return tracer.start_span(
             name,
