@@ -12,10 +12,9 @@ exporters see what the SDK would have given them.
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Mapping, Sequence
 from time import time_ns
-from typing import Any, cast
+from typing import cast
 
 from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
@@ -64,16 +63,15 @@ class LeanTracer:
         name: str,
         kind: SpanKind,
         parent: Context | None,
-        parent_span_context: SpanContext,
+        above: SpanContext,
         attributes: dict[str, AttributeValue],
         links: Sequence[Link] = (),
     ) -> trace.Span:
         """A started span under ``parent`` (None: the current context), as the SDK starts
-        one; the caller has read the parent's span context already. The span keeps
+        one; ``above`` is that parent's span context, read by the caller. The span keeps
         ``attributes`` (a dict of the caller's making) as its own; ``links`` are valid,
         made by :func:`link`."""
         tracer = self.tracer
-        above = parent_span_context
         parent_span: SpanContext | None
         if above.is_valid:
             parent_span, trace_id = above, above.trace_id
@@ -221,18 +219,8 @@ class LeanSpan(trace.Span, ReadableSpan):
         timestamp: int | None = None,
         escaped: bool = False,
     ) -> None:
-        kind = type(exception)
-        module = kind.__module__
-        event: dict[str, Any] = {
-            "exception.type": (
-                f"{module}.{kind.__qualname__}" if module != "builtins" else kind.__qualname__
-            ),
-            "exception.message": str(exception),
-            "exception.stacktrace": "".join(traceback.format_exception(exception)),
-            "exception.escaped": str(escaped),
-        }
-        event.update(attributes or {})
-        self.add_event("exception", event, timestamp)
+        # The SDK's own method: it only builds the event and calls add_event (ours).
+        SdkSpan.record_exception(cast(SdkSpan, self), exception, attributes, timestamp, escaped)
 
     def __repr__(self) -> str:
         return f'LeanSpan(name="{self._name}", context={self._context})'
