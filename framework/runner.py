@@ -51,6 +51,8 @@ class Stats:
 
 def header_int(value: Any) -> int | None:
     """An integer header as foreign clients may send it (int, str or bytes); else None."""
+    if value is None or type(value) is int:
+        return value
     if isinstance(value, bytes):
         value = value.decode(errors="replace")
     try:

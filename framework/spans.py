@@ -22,7 +22,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace import Tracer as SdkTracer
-from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, DEFAULT_ON, Decision
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
@@ -79,24 +79,31 @@ class LeanTracer:
         else:
             parent_span, trace_id = None, tracer.id_generator.generate_trace_id()
             random = self.random_roots
-        result = tracer.sampler.should_sample(parent, trace_id, name, kind, attributes, links)
-        sampled = (
-            TraceFlags.SAMPLED
-            if result.decision is Decision.RECORD_AND_SAMPLE
-            else TraceFlags.DEFAULT
-        )
+        sampler = tracer.sampler
+        kept: dict[str, AttributeValue] | BoundedAttributes = attributes
+        if sampler is DEFAULT_ON or sampler is ALWAYS_ON:
+            # The SDK's default sampler (and ALWAYS_ON) decide by the parent alone: a
+            # parent's sampled flag is followed, a root is sampled, the parent's trace
+            # state is kept, the attributes are the caller's. Same result, fewer calls.
+            sampled = parent_span is None or sampler is ALWAYS_ON or above.trace_flags.sampled
+            recording = sampled
+            trace_state = above.trace_state if parent_span is not None else None
+        else:
+            result = sampler.should_sample(parent, trace_id, name, kind, attributes, links)
+            sampled = result.decision is Decision.RECORD_AND_SAMPLE
+            recording = result.decision is not Decision.DROP
+            trace_state = result.trace_state
+            if recording and result.attributes != attributes:  # the sampler's are the span's
+                kept = dict(result.attributes)
         context = SpanContext(
             trace_id,
             tracer.id_generator.generate_span_id(),
             is_remote=False,
-            trace_flags=_FLAGS[sampled | random],
-            trace_state=result.trace_state,
+            trace_flags=_FLAGS[(1 if sampled else 0) | random],
+            trace_state=trace_state,
         )
-        if result.decision is Decision.DROP:
+        if not recording:
             return trace.NonRecordingSpan(context)
-        kept: dict[str, AttributeValue] | BoundedAttributes = attributes
-        if result.attributes != attributes:  # the sampler's attributes are the span's
-            kept = dict(result.attributes)
         limit = self.limits.max_span_attributes
         if self.check_at_start or (limit is not None and len(kept) > limit):
             kept = self.attributes(kept)

@@ -15,8 +15,17 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Link, SpanKind, StatusCode
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    DEFAULT_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, SpanKind, StatusCode, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from framework.spans import LeanSpan, LeanTracer, link
@@ -163,6 +172,63 @@ def test_the_provider_sampler_decides() -> None:
     start(lean, "a", SpanKind.CONSUMER, propagate.extract({"traceparent": TRACEPARENT}), {}).end()
     start(lean, "b", SpanKind.CONSUMER, otel_context.Context(), {}).end()
     assert [s.name for s in exporter.get_finished_spans()] == ["a"]
+
+
+class RecordOnly(Sampler):
+    """Records every span without sampling it (a processor sees it, exporters do not)."""
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        return SamplingResult(Decision.RECORD_ONLY, {"decided": "here"})
+
+    def get_description(self) -> str:
+        return "RecordOnly"
+
+
+def parents() -> Iterator[tuple[str, otel_context.Context | None]]:
+    """Every kind of parent a sampler tells apart."""
+    yield "root", otel_context.Context()
+    for flags in ("01", "00"):
+        remote = f"00-{TRACE_ID}-b7ad6b7169203331-{flags}"
+        yield f"remote {flags}", propagate.extract({"traceparent": remote})
+        yield (
+            f"remote {flags} with state",
+            propagate.extract({"traceparent": remote, "tracestate": "vendor=1"}),
+        )
+        local = trace.SpanContext(
+            int(TRACE_ID, 16), 7, is_remote=False, trace_flags=TraceFlags(int(flags)),
+            trace_state=TraceState([("local", "2")]),
+        )  # fmt: skip
+        yield f"local {flags}", trace.set_span_in_context(trace.NonRecordingSpan(local))
+    yield "current (none)", None
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [DEFAULT_ON, ALWAYS_ON, ALWAYS_OFF, ParentBased(ALWAYS_ON), RecordOnly()],
+    ids=["default", "always_on", "always_off", "parentbased", "record_only"],
+)
+def test_a_lean_span_is_sampled_as_the_sdk_samples(sampler: Sampler) -> None:
+    # DEFAULT_ON and ALWAYS_ON are decided without a call into the sampler: same result
+    provider, exporter = recorded(sampler=sampler)
+    lean = Tracing(provider).lean
+    assert lean is not None
+    for name, parent in parents():
+        sdk = provider.get_tracer("kanin").start_span(name, parent, SpanKind.CONSUMER, {"a": 1})
+        ours = start(lean, name, SpanKind.CONSUMER, parent, {"a": 1})
+        for span in (sdk, ours):
+            assert span.get_span_context().is_valid, name
+        expected, got = sdk.get_span_context(), ours.get_span_context()
+        assert got.trace_flags == expected.trace_flags, name
+        assert got.trace_state == expected.trace_state, name
+        assert (got.trace_id == expected.trace_id) == (name != "root" and parent is not None)
+        assert ours.is_recording() == sdk.is_recording(), name
+        if sdk.is_recording():
+            assert isinstance(sdk, ReadableSpan) and isinstance(ours, ReadableSpan)
+            assert ours.attributes == sdk.attributes and ours.parent == sdk.parent, name
+        sdk.end()
+        ours.end()
+    exported = [span.name for span in exporter.get_finished_spans()]
+    assert exported[::2] == exported[1::2]  # the SDK's and kanin's, in pairs
 
 
 @pytest.mark.parametrize(
