@@ -3,7 +3,10 @@
 The hot paths talk to the aiormq channel under aio-pika's ``Channel`` directly: one task
 per delivery (not two), no wrapper object per message, and acknowledgements coalesced
 into one ``basic.ack multiple=true`` per event-loop turn for every run of finished
-deliveries. A delivery is always settled on the channel it came from, so after a
+deliveries. Where the aiormq channel has the internals for it, kanin starts each
+delivery's task itself instead of through aiormq's bookkeeping of tasks (a wrapper and
+three callbacks per message), and cancels the ones still running when the channel
+closes, as aiormq does. A delivery is always settled on the channel it came from, so after a
 reconnect a stale delivery tag is never acknowledged on a new channel: the broker
 redelivers that message instead.
 """
@@ -109,6 +112,10 @@ class Delivery:
         return self.properties.headers or {}
 
 
+# What starting delivery tasks without aiormq's task store takes from its channel.
+_DISPATCH_INTERNALS = ("_on_deliver_frame", "_get_frame", "_read_content", "consumers")
+
+
 class ConsumerChannel:
     """One channel consuming one queue with ``prefetch`` unacked messages at most."""
 
@@ -131,6 +138,7 @@ class ConsumerChannel:
         # Done when the broker cancels the consumer (its queue was deleted, say): the
         # channel stays open but nothing arrives any more, so the worker must know.
         self.cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._running: set[asyncio.Task[None]] = set()  # deliveries being handled
 
     async def start(self, on_delivery: Callable[[Delivery], Awaitable[None]]) -> None:
         def on_cancel(_frame: Any) -> None:
@@ -147,8 +155,42 @@ class ConsumerChannel:
             self._pending[delivery.delivery_tag] = None
             await on_delivery(delivery)
 
+        if all(hasattr(self.channel, name) for name in _DISPATCH_INTERNALS):
+            self._dispatch_deliveries()
         ok = await self.channel.basic_consume(self.queue, consume, no_ack=False)
         self.consumer_tag = ok.consumer_tag
+
+    def _dispatch_deliveries(self) -> None:
+        """Start each delivery's task here rather than through aiormq's task store: the
+        same frames read the same way, the same consumer called, one callback per task.
+        Tasks still running when the channel closes are cancelled, as aiormq does."""
+        ch: Any = self.channel
+        loop = asyncio.get_running_loop()
+        running = self._running
+
+        async def on_deliver_frame(frame: Basic.Deliver) -> None:
+            header = await ch._get_frame()
+            if not isinstance(header, ContentHeader):
+                raise ValueError(f"unexpected frame {header!r} instead of a content header")
+            message = await ch._read_content(frame, header)
+            consumer = ch.consumers.get(frame.consumer_tag)
+            if consumer is None:  # cancelled meanwhile: the broker requeues the message
+                return
+            task = loop.create_task(consumer(message))
+            running.add(task)
+            task.add_done_callback(self._finished)
+
+        def on_close(_: object) -> None:
+            for task in list(running):
+                task.cancel()
+
+        ch._on_deliver_frame = on_deliver_frame  # the channel's reader calls it per delivery
+        self.closing.add_done_callback(on_close)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("handling a delivery of %s failed", self.queue, exc_info=task.exception())
 
     @property
     def is_open(self) -> bool:

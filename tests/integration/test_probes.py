@@ -7,7 +7,6 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import quote
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -16,7 +15,7 @@ from framework import Consumer, Context, Publisher, RetryPolicy, Worker
 from framework.topology import QueueSpec, Topology
 from tests.conftest import BrokerAdmin
 from tests.integration.apps.slow import Job
-from tests.integration.worker_kit import eventually, settings, started
+from tests.integration.worker_kit import close_connections_soon, eventually, settings, started
 
 pytestmark = pytest.mark.integration
 
@@ -48,18 +47,6 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def close_connections(admin: BrokerAdmin, name: str) -> int:
-    """Close the connections whose client named them ``name``; how many there were."""
-    found = [
-        c["name"]
-        for c in admin.request("GET", "connections") or []
-        if (c.get("client_properties") or {}).get("connection_name") == name
-    ]
-    for connection in found:
-        admin.request("DELETE", f"connections/{quote(connection, safe='')}")
-    return len(found)
-
-
 async def test_readyz_follows_the_connection_and_healthz_stays_up(
     prefix: str, admin: BrokerAdmin
 ) -> None:
@@ -80,13 +67,7 @@ async def test_readyz_follows_the_connection_and_healthz_stays_up(
         assert await fetch(port, "/readyz") == (200, "ready\n")
         assert (await fetch(port, "/nothing"))[0] == 404
 
-        closed = 0
-        for _ in range(300):  # the management API lists a new connection within seconds
-            closed = await asyncio.to_thread(close_connections, admin, service)
-            if closed:
-                break
-            await asyncio.sleep(0.1)
-        assert closed == 1
+        assert await close_connections_soon(admin, service) == 1
         states: list[int] = []
 
         async def poll() -> None:

@@ -12,8 +12,11 @@ import pytest
 
 from framework import Consumer, Context, Event, Publisher, Reject, Retry, RetryPolicy, Unroutable
 from framework.topology import QueueSpec, Topology
+from framework.transport import amqp as transport
+from tests.conftest import BrokerAdmin
 from tests.integration.worker_kit import (
     amqp,
+    close_connections_soon,
     count,
     drain,
     eventually,
@@ -360,3 +363,42 @@ async def test_publish_many_reports_an_unroutable_message_in_the_batch(prefix: s
             )
         messages = await wait_for_messages(channel, f"{prefix}.ok", 2)
     assert [m.message_id for m in messages] == ids
+
+
+@pytest.mark.parametrize("dispatch", ["kanin", "aiormq"])
+async def test_a_handler_cut_off_by_a_lost_connection_is_cancelled_and_its_message_redelivered(
+    prefix: str, admin: BrokerAdmin, dispatch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if dispatch == "aiormq":  # a channel without what kanin starts delivery tasks with
+        monkeypatch.setattr(transport, "_DISPATCH_INTERNALS", ("_no_such_attribute",))
+    calls: list[str] = []
+    holding = asyncio.Event()
+
+    class Hold(Consumer):
+        queue = f"{prefix}.work"
+
+        async def handle(self, event: Ping, ctx: Context) -> None:
+            if not calls:
+                calls.append("started")
+                holding.set()
+                try:
+                    await asyncio.sleep(60)
+                except asyncio.CancelledError:
+                    calls.append("cancelled")
+                    raise
+            calls.append(f"handled {event.n}, redelivered {ctx.redelivered}")
+
+    service = f"{prefix}-svc"
+    async with running(Hold, topology=topology(prefix), service_name=service) as worker:
+        await publish_ping(prefix, 5)
+        await asyncio.wait_for(holding.wait(), 15)
+        tracked = len(worker._channels[0]._running)  # type: ignore[union-attr]
+        assert tracked == (1 if dispatch == "kanin" else 0)
+        assert await close_connections_soon(admin, service) == 1
+        await eventually(lambda: len(calls) == 3, what="the message handled after the reconnect")
+        stats = worker.runners[0].stats
+        assert worker.reconnects == 1
+    assert calls == ["started", "cancelled", "handled 5, redelivered True"]
+    assert (stats.handled, stats.returned, stats.retried, stats.dead_lettered) == (1, 1, 0, 0)
+    async with amqp() as channel:
+        assert await count(channel, f"{prefix}.work") == 0

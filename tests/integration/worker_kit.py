@@ -11,13 +11,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from framework import Consumer, Settings, Worker
 from framework.topology import Topology
-from tests.conftest import AMQP_URL
+from tests.conftest import AMQP_URL, BrokerAdmin
 
 
 def settings(**overrides: Any) -> Settings:
@@ -52,6 +53,29 @@ async def started(worker: Worker) -> AsyncIterator[Worker]:
     finally:
         worker.stop()
         await asyncio.wait_for(task, 30)
+
+
+def close_connections(admin: BrokerAdmin, name: str) -> int:
+    """Close the connections whose client named them ``name``; how many there were."""
+    found = [
+        c["name"]
+        for c in admin.request("GET", "connections") or []
+        if (c.get("client_properties") or {}).get("connection_name") == name
+    ]
+    for connection in found:
+        admin.request("DELETE", f"connections/{quote(connection, safe='')}")
+    return len(found)
+
+
+async def close_connections_soon(admin: BrokerAdmin, name: str) -> int:
+    """``close_connections`` once the management API lists them (it takes a few seconds)."""
+    closed = 0
+    for _ in range(300):
+        closed = await asyncio.to_thread(close_connections, admin, name)
+        if closed:
+            break
+        await asyncio.sleep(0.1)
+    return closed
 
 
 async def eventually(check: Callable[[], bool], within: float = 15.0, what: str = "") -> None:
