@@ -6,8 +6,8 @@ into one ``basic.ack multiple=true`` per event-loop turn for every run of finish
 deliveries. Where the aiormq channel has the internals for it, kanin starts each
 delivery's task itself instead of through aiormq's bookkeeping of tasks (a wrapper and
 three callbacks per message), and cancels the ones still running when the channel
-closes, as aiormq does. A delivery is always settled on the channel it came from, so after a
-reconnect a stale delivery tag is never acknowledged on a new channel: the broker
+closes, as aiormq does. A delivery is always settled on the channel it came from, so
+after a reconnect a stale delivery tag is never acknowledged on a new channel: the broker
 redelivers that message instead.
 """
 
@@ -174,7 +174,7 @@ class ConsumerChannel:
                 raise ValueError(f"unexpected frame {header!r} instead of a content header")
             message = await ch._read_content(frame, header)
             consumer = ch.consumers.get(frame.consumer_tag)
-            if consumer is None:  # cancelled meanwhile: the broker requeues the message
+            if consumer is None:  # cancelled meanwhile: unacked, it is requeued at close
                 return
             task = loop.create_task(consumer(message))
             running.add(task)
@@ -189,8 +189,9 @@ class ConsumerChannel:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("handling a delivery of %s failed", self.queue, exc_info=task.exception())
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            log.error("handling a delivery of %s failed", self.queue, exc_info=error)
 
     @property
     def is_open(self) -> bool:

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from datetime import datetime
 
 import aio_pika
 import pytest
 
-from framework import Consumer, Context, Event, Publisher, Reject, Retry, RetryPolicy, Unroutable
+from framework import (
+    Consumer,
+    Context,
+    Event,
+    Publisher,
+    Reject,
+    Retry,
+    RetryPolicy,
+    Unroutable,
+    Worker,
+)
 from framework.topology import QueueSpec, Topology
 from framework.transport import amqp as transport
 from tests.conftest import BrokerAdmin
@@ -22,6 +33,7 @@ from tests.integration.worker_kit import (
     eventually,
     running,
     settings,
+    started,
     wait_for_messages,
 )
 
@@ -402,3 +414,34 @@ async def test_a_handler_cut_off_by_a_lost_connection_is_cancelled_and_its_messa
     assert (stats.handled, stats.returned, stats.retried, stats.dead_lettered) == (1, 1, 0, 0)
     async with amqp() as channel:
         assert await count(channel, f"{prefix}.work") == 0
+
+
+async def test_a_delivery_that_fails_outside_the_handler_is_logged_and_not_lost(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    class BrokenStore:  # breaks the store contract: raises something else than StoreUnavailable
+        async def claim(self, key: str, lease: float) -> object:
+            raise RuntimeError("store bug")
+
+        async def close(self) -> None:
+            pass
+
+    class Quiet(Consumer):
+        queue = f"{prefix}.work"
+
+        async def handle(self, event: Ping, ctx: Context) -> None:
+            raise AssertionError("not reached")
+
+    worker = Worker([Quiet], settings(), topology=topology(prefix))
+    worker.runners[0].store = BrokenStore()  # type: ignore[assignment]
+    with caplog.at_level(logging.ERROR, logger="kanin.transport"):
+        async with started(worker):
+            await publish_ping(prefix, 1)
+            await eventually(
+                lambda: any("handling a delivery" in r.getMessage() for r in caplog.records),
+                what="the failure logged",
+            )
+    (record,) = [r for r in caplog.records if "handling a delivery" in r.getMessage()]
+    assert record.exc_info is not None and "store bug" in str(record.exc_info[1])
+    async with amqp() as channel:  # never acked: back in the queue once the channel closed
+        assert await count(channel, f"{prefix}.work") == 1
