@@ -153,7 +153,10 @@ class ConsumerChannel:
         async def consume(message: DeliveredMessage) -> None:
             delivery = Delivery(message, self)
             self._pending[delivery.delivery_tag] = None
-            await on_delivery(delivery)
+            try:
+                await on_delivery(delivery)
+            except Exception:  # the handler's own errors are settled in process(): a bug
+                log.exception("handling a delivery of %s failed", self.queue)
 
         if all(hasattr(self.channel, name) for name in _DISPATCH_INTERNALS):
             self._dispatch_deliveries()
@@ -162,7 +165,8 @@ class ConsumerChannel:
 
     def _dispatch_deliveries(self) -> None:
         """Start each delivery's task here rather than through aiormq's task store: the
-        same frames read the same way, the same consumer called, one callback per task.
+        same frames read the same way, the same consumer called, one callback per task
+        (needs aiormq >= 7.2.1, whose channel reader looks the method up per delivery).
         Tasks still running when the channel closes are cancelled, as aiormq does."""
         ch: Any = self.channel
         loop = asyncio.get_running_loop()
@@ -178,7 +182,7 @@ class ConsumerChannel:
                 return
             task = loop.create_task(consumer(message))
             running.add(task)
-            task.add_done_callback(self._finished)
+            task.add_done_callback(running.discard)
 
         def on_close(_: object) -> None:
             for task in list(running):
@@ -186,12 +190,6 @@ class ConsumerChannel:
 
         ch._on_deliver_frame = on_deliver_frame  # the channel's reader calls it per delivery
         self.closing.add_done_callback(on_close)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
-        error = None if task.cancelled() else task.exception()
-        if error is not None:
-            log.error("handling a delivery of %s failed", self.queue, exc_info=error)
 
     @property
     def is_open(self) -> bool:
