@@ -419,7 +419,7 @@ async def test_a_handler_cut_off_by_a_lost_connection_is_cancelled_and_its_messa
 async def test_a_delivery_that_fails_outside_the_handler_is_logged_and_not_lost(
     prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    class BrokenStore:  # breaks the store contract: raises something else than StoreUnavailable
+    class BrokenStore:  # breaks the store contract: raises other than StoreUnavailable
         async def claim(self, key: str, lease: float) -> object:
             raise RuntimeError("store bug")
 
