@@ -26,7 +26,7 @@ from framework.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from framework.publisher import Publisher
-    from framework.transport.amqp import Delivery
+    from framework.transport.base import Delivery
 
 
 class Consumer:

@@ -24,8 +24,7 @@ from framework.publisher import Publisher
 from framework.settings import Settings
 from framework.testing import settle
 from framework.topology.model import Topology
-from framework.transport import embedded
-from framework.transport.amqp import Properties
+from framework.transport import Properties, embedded
 from framework.transport.memory import MemoryBroker
 from framework.waterfall import Step, flow_line, waterfall
 from framework.worker import Worker

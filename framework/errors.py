@@ -86,8 +86,26 @@ class Unroutable(BrokerError):
         super().__init__(f"{reply}: {where} routed routing key {routing_key!r} to no queue")
 
 
+class BrokerRefused(BrokerError):
+    """The broker refused an operation with a channel error: ``code`` is its reply code
+    (403 ACCESS_REFUSED, 404 NOT_FOUND, 406 PRECONDITION_FAILED, ...)."""
+
+    def __init__(self, code: int, reply: str) -> None:
+        self.code = code
+        self.reply = reply
+        super().__init__(reply)
+
+
 class PublishFailed(BrokerError):
-    """The broker refused (nacked) a publish, or no connection came within the bound."""
+    """A publish that did not succeed within ``KANIN_PUBLISH_TIMEOUT``: nacked or refused
+    by the broker, not confirmed in time, or no connection came back in time."""
+
+    def __init__(self, exchange: str, routing_key: str, cause: str) -> None:
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.cause = cause
+        where = f"exchange {exchange!r}" if exchange else "the default exchange"
+        super().__init__(f"could not publish to {where} with routing key {routing_key!r}: {cause}")
 
 
 # Control flow a handler raises to steer what happens to the message.

@@ -57,6 +57,13 @@ class Management:
         base, user, password = settings.management()
         return cls(base, user, password, settings.vhost, settings.connect_timeout)
 
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Management | None:
+        """The broker's management API; None for the embedded broker, which has none."""
+        if settings.broker_url.startswith("memory://"):
+            return None
+        return cls.from_settings(settings)
+
     def _get(self, path: str) -> Any:
         request = urllib.request.Request(self.base_url + path)
         request.add_header("Authorization", self._auth)

@@ -1,9 +1,12 @@
 """Publishing events: confirmed, mandatory, persistent, with the kanin envelope.
 
 Every publish waits for the broker's confirm. A message no binding routes comes back and
-raises ``Unroutable``; a nack raises ``PublishFailed``. Lost connections are retried
-(tenacity) for at most ``publish_timeout`` seconds, then ``PublishFailed``: a publish
-never hangs. ``publish_many`` sends a batch and waits for all confirms together.
+raises ``Unroutable``; a nack or a refusal raises ``PublishFailed``. While the connection
+is down, a publish waits for it to come back and is sent again, with the same
+``message_id`` and headers, all within ``KANIN_PUBLISH_TIMEOUT`` seconds in total; then
+``PublishFailed`` names the exchange, the routing key and the cause. A publish never
+hangs, and no client library's exception reaches the caller. ``publish_many`` sends a
+batch and waits for all confirms together.
 """
 
 from __future__ import annotations
@@ -11,33 +14,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from opentelemetry.trace import TracerProvider
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from framework.errors import BrokerUnavailable, PublishFailed
+from framework.errors import BrokerUnavailable, KaninError, PublishFailed, Unroutable
 from framework.events import Event, new_message_id
 from framework.metrics import Histogram
 from framework.settings import Settings
 from framework.tracing import Tracing
-from framework.transport.amqp import (
-    CONNECTION_ERRORS,
-    Properties,
-    PublishChannel,
-    connect,
-    raw_channel,
-)
-from framework.transport.embedded import MemoryPublishChannel, broker_for, is_memory
+from framework.transport import OutgoingMessage, Properties, Transport, open_transport
 
 log = logging.getLogger("kanin.publisher")
-
-
-class ChannelSource(Protocol):
-    async def publish_channel(self) -> PublishChannel | MemoryPublishChannel: ...
+MAX_PAUSE = 1.0  # seconds between two tries of a publish while the connection is down
 
 
 def envelope(event: Event, **fields: Any) -> Properties:
@@ -79,64 +71,49 @@ def envelope_for(
     )
 
 
-class _OwnConnection:
-    """The publisher's own connection, opened on first use and reopened after a loss."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.connection: Any = None
-        self.channel: PublishChannel | MemoryPublishChannel | None = None
-        self.lock = asyncio.Lock()
-
-    async def publish_channel(self) -> PublishChannel | MemoryPublishChannel:
-        if self.channel is not None and self.channel.is_open:
-            return self.channel
-        if is_memory(self.settings.broker_url):
-            self.channel = MemoryPublishChannel(broker_for(self.settings.broker_url))
-            return self.channel
-        async with self.lock:
-            if self.channel is not None and self.channel.is_open:
-                return self.channel
-            if self.connection is None or self.connection.is_closed:
-                self.connection = await connect(
-                    self.settings, f"{self.settings.service_name}-publisher"
-                )
-            self.channel = PublishChannel(await raw_channel(self.connection, confirms=True))
-            return self.channel
-
-    async def close(self) -> None:
-        if self.connection is not None and not self.connection.is_closed:
-            await self.connection.close()
-
-
 class Publisher:
-    """Publishes events to RabbitMQ. Use ``async with Publisher(settings) as publisher``."""
+    """Publishes events to the broker. Use ``async with Publisher(settings) as publisher``.
+
+    Without ``transport`` it opens a connection of its own (named
+    ``<service>-publisher``); a worker's publisher shares the worker's transport and
+    publishes on its publishing connection.
+    """
 
     def __init__(
         self,
         settings: Settings,
-        source: ChannelSource | None = None,
+        transport: Transport | None = None,
         tracer_provider: TracerProvider | None = None,
+        *,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
-        # the given provider, else the application's global SDK one, else no spans
-        self.tracing = Tracing.default(tracer_provider)
+        # the given tracing, else the given provider, else the application's global SDK
+        # one, else no spans
+        self.tracing = tracing or Tracing.default(tracer_provider, fast=settings.fast_paths)
         self.published: dict[str, int] = {}  # confirmed, by exchange
-        self.failures: dict[str, int] = {}  # unroutable, nacked or timed out, by exchange
+        self.failures: dict[str, int] = {}  # unroutable, refused or timed out, by exchange
         self.confirm_latency = Histogram()
-        self._own = _OwnConnection(settings) if source is None else None
-        self._source: ChannelSource = source if source is not None else self._own  # type: ignore[assignment]
+        self._owns_transport = transport is None
+        if transport is None:
+            name = f"{settings.service_name}-publisher"
+            transport = open_transport(settings, name, publish_name=name)
+        self.transport = transport
 
     async def __aenter__(self) -> Publisher:
-        await self._source.publish_channel()  # fail early if the broker is unreachable
+        try:  # fail early if no host of the broker answers
+            await self.transport.connect(0, role="publish")
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
-        if self._own is not None:
-            await self._own.close()
+        if self._owns_transport:
+            await self.transport.close()
 
     async def publish(
         self,
@@ -180,51 +157,82 @@ class Publisher:
     ) -> list[str]:
         """Publish a batch with pipelined confirms; return the message ids in order.
 
-        All messages go out before the first confirm is awaited. If the connection fails
-        mid-batch, the batch is sent again message by message (with the usual retries),
-        so a message may arrive twice: consumers deduplicate by idempotency key.
+        All messages go out before the first confirm is awaited. If the connection is
+        lost before every confirm came, the whole batch is sent again on the next
+        connection with the same message ids, so consumers deduplicate what arrived twice.
         """
         app_id = self.settings.service_name
-        batch = [
-            (
-                event,
-                envelope(event, app_id=app_id, persistent=persistent),
-                event.to_json(),
-            )
-            for event in events
-        ]
-        timeout = self.settings.publish_timeout
-
-        def target(event: Event) -> tuple[str, str]:
-            return self._target(event, exchange), (
-                event.event_type if routing_key is None else routing_key
-            )
-
-        messages = [(*target(e), body, p) for e, p, body in batch]
+        messages: list[OutgoingMessage] = []
+        for event in events:
+            key = event.event_type if routing_key is None else routing_key
+            properties = envelope(event, app_id=app_id, persistent=persistent)
+            messages.append((self._target(event, exchange), key, event.to_json(), properties))
+        if not messages:
+            return []
         with ExitStack() as spans:
             if self.tracing.enabled:  # one send span per message, open until its confirm
                 for ex, key, body, p in messages:
                     spans.enter_context(self.tracing.send(ex, key, p, len(body)))
-            try:
-                channel = await self._source.publish_channel()
-                started = time.perf_counter()
-                await channel.publish_batch(messages, confirm_timeout=timeout)
-                self._confirmed(messages, time.perf_counter() - started)
-            except (*CONNECTION_ERRORS, BrokerUnavailable) as exc:
-                log.warning("batch publish failed (%s); sending it again one by one", exc)
-                for message in messages:
-                    await self.publish_raw(*message)
-            except Exception:
-                self._failed(messages)
-                raise
-        return [str(p.message_id) for _, p, _ in batch]
+            await self._send(messages, batch=True)
+        return [str(p.message_id) for *_, p in messages]
 
-    def _confirmed(self, messages: list[tuple[str, str, bytes, Properties]], took: float) -> None:
+    async def publish_raw(
+        self, exchange: str, routing_key: str, body: bytes, properties: Properties
+    ) -> None:
+        """Publish bytes as they are, confirmed; sent again with the same properties while
+        the connection comes back, all within ``KANIN_PUBLISH_TIMEOUT``."""
+        await self._send([(exchange, routing_key, body, properties)], batch=False)
+
+    async def _send(self, messages: Sequence[OutgoingMessage], batch: bool) -> None:
+        """One logical publish of ``messages``: tried until confirmed, refused, or out of time."""
+        timeout = self.settings.publish_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pause = 0.05
+        exchange, routing_key = messages[0][0], messages[0][1]
+        waited = False
+        while True:
+            started = time.perf_counter()
+            try:
+                channel = await self.transport.publish_channel(max(0.0, deadline - loop.time()))
+                left = max(0.001, deadline - loop.time())
+                if batch:
+                    await channel.publish_batch(messages, within=left)
+                else:
+                    await channel.publish(messages[0], within=left)
+            except BrokerUnavailable as exc:
+                if loop.time() + pause >= deadline:
+                    self._failed(messages)
+                    raise PublishFailed(
+                        exchange, routing_key, f"no connection within {timeout:g}s ({exc})"
+                    ) from None
+                if not waited:
+                    log.warning("publish to %r waits for the connection (%s)", exchange, exc)
+                    waited = True
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, MAX_PAUSE)
+                continue
+            except (Unroutable, PublishFailed) as exc:
+                self._failed(messages)
+                if isinstance(exc, PublishFailed) and self.transport.blocked:
+                    raise PublishFailed(
+                        exc.exchange,
+                        exc.routing_key,
+                        f"{exc.cause} (the broker blocks publishing: {self.transport.blocked})",
+                    ) from None
+                raise
+            except KaninError as exc:  # refused otherwise (access to the vhost, say)
+                self._failed(messages)
+                raise PublishFailed(exchange, routing_key, str(exc)) from None
+            self._confirmed(messages, time.perf_counter() - started)
+            return
+
+    def _confirmed(self, messages: Sequence[OutgoingMessage], took: float) -> None:
         for exchange, *_ in messages:
             self.published[exchange] = self.published.get(exchange, 0) + 1
             self.confirm_latency.observe(took)
 
-    def _failed(self, messages: list[tuple[str, str, bytes, Properties]]) -> None:
+    def _failed(self, messages: Sequence[OutgoingMessage]) -> None:
         for exchange, *_ in messages:
             self.failures[exchange] = self.failures.get(exchange, 0) + 1
 
@@ -234,42 +242,3 @@ class Publisher:
         if event.event_exchange is not None:
             return event.event_exchange
         return self.settings.exchange
-
-    async def publish_raw(
-        self, exchange: str, routing_key: str, body: bytes, properties: Properties
-    ) -> None:
-        """Publish bytes as they are; retried while the connection is down, within the bound."""
-
-        async def once() -> None:
-            channel = await self._source.publish_channel()
-            timeout = self.settings.publish_timeout
-            started = time.perf_counter()
-            await channel.publish(exchange, routing_key, body, properties, confirm_timeout=timeout)
-            self._confirmed([message], time.perf_counter() - started)
-
-        message = (exchange, routing_key, body, properties)
-        try:  # the common case, without the retry machinery
-            await once()
-            return
-        except (*CONNECTION_ERRORS, BrokerUnavailable) as exc:
-            log.warning("publish to %r failed (%s); retrying", exchange, exc or type(exc).__name__)
-        except Exception:
-            self._failed([message])
-            raise
-        try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type((*CONNECTION_ERRORS, BrokerUnavailable)),
-                stop=stop_after_delay(self.settings.publish_timeout),
-                wait=wait_exponential(multiplier=0.1, max=2.0),
-                reraise=True,
-            ):
-                with attempt:
-                    await once()
-        except Exception as exc:
-            self._failed([message])
-            if not isinstance(exc, (*CONNECTION_ERRORS, BrokerUnavailable)):
-                raise
-            raise PublishFailed(
-                f"could not publish to {exchange!r} within {self.settings.publish_timeout:g}s: "
-                f"{exc or type(exc).__name__}"
-            ) from None

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_not_exception_type, stop_after_attempt, wait_fixed
 
@@ -21,13 +21,13 @@ from framework.errors import KaninError, Reject, Retry
 from framework.events import DecodeError, Event
 from framework.idempotency import IdempotencyStore, Status, StoreUnavailable, scoped_key
 from framework.metrics import Histogram
-from framework.retry import RetryPolicy, Verdict, classify, dead_letter_message, retry_message
+from framework.publisher import Publisher
+from framework.recovery import Verdict, classify, dead_letter_message, retry_message
+from framework.retry import RetryPolicy
+from framework.settings import Settings
 from framework.topology.model import QueueSpec
-from framework.tracing import current, failed
-from framework.transport.amqp import Delivery, Properties
-
-if TYPE_CHECKING:
-    from framework.worker import Worker
+from framework.tracing import Tracing, current, failed
+from framework.transport import Delivery, Properties
 
 log = logging.getLogger("kanin.worker")
 POSTPONE_MS = 1000  # how long an in-progress or store-blocked message waits before its next try
@@ -72,7 +72,10 @@ class Runner:
         self,
         cls: type[Consumer],
         spec: QueueSpec,
-        worker: Worker,
+        *,
+        settings: Settings,
+        publisher: Publisher,
+        tracing: Tracing,
         store: IdempotencyStore | None = None,
     ) -> None:
         self.cls = cls
@@ -86,7 +89,6 @@ class Runner:
         self.only: type[Event] | None = None
         if len(self.events) == 1:
             self.only = next(iter(self.events.values()))
-        settings = worker.settings
         self.prefetch = cls.prefetch or settings.prefetch
         self.concurrency = cls.concurrency or settings.concurrency
         self.limit = (
@@ -95,10 +97,10 @@ class Runner:
         self.store = store
         self.lease = settings.idempotency_lease
         self.retention = cls.idempotency_retention or settings.idempotency_retention
-        self.worker = worker
+        self.publisher = publisher
         self.stats = Stats()
         self.durations = Histogram()
-        self.tracing = worker.tracing
+        self.tracing = tracing
         self.in_flight: set[asyncio.Task[Any]] = set()
         self.log = logging.getLogger(f"kanin.consumer.{cls.__name__}")
 
@@ -208,7 +210,7 @@ class Runner:
         return cls.from_json(delivery.body, version)
 
     def context(self, delivery: Delivery, attempt: int) -> Context:
-        return Context(self.queue, delivery, attempt, self.log, self.worker.publisher)
+        return Context(self.queue, delivery, attempt, self.log, self.publisher)
 
     async def call(self, event: Event, ctx: Context) -> None:
         if not self.policy.immediate:
@@ -289,7 +291,7 @@ class Runner:
         """Publish the message's copy to ``target`` (confirmed), then ack the original;
         if the copy cannot be published, return the original to its queue."""
         try:
-            await self.worker.publisher.publish_raw("", target, delivery.body, properties)
+            await self.publisher.publish_raw("", target, delivery.body, properties)
         except KaninError as error:
             self.log.error("could not move the message to %s (%s); returning it", target, error)
             await delivery.channel.nack(delivery.delivery_tag, requeue=True)

@@ -9,36 +9,22 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from framework.brokerurl import BrokerUrl
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 def strip_password(url: str) -> tuple[str, str | None]:
     """Split ``amqp://user:pw@host/vh`` into ``amqp://user@host/vh`` and ``pw``."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    parsed = BrokerUrl.parse(url)
+    if parsed.password is None:
         return url, None
-    netloc = parts.hostname or ""
-    if ":" in netloc:  # IPv6 literal
-        netloc = f"[{netloc}]"
-    if parts.port is not None:
-        netloc = f"{netloc}:{parts.port}"
-    if parts.username is not None:
-        netloc = f"{parts.username}@{netloc}"
-    return urlunsplit(parts._replace(netloc=netloc)), unquote(parts.password)
-
-
-def with_password(url: str, password: str | None) -> str:
-    """Put ``password`` back into a URL made by :func:`strip_password`."""
-    if password is None:
-        return url
-    parts = urlsplit(url)
-    user, _, host = parts.netloc.rpartition("@")
-    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
+    return str(parsed), parsed.password
 
 
 class Settings(BaseSettings):
@@ -49,7 +35,9 @@ class Settings(BaseSettings):
     )
 
     broker_url: str = Field(
-        DEFAULT_BROKER_URL, description="AMQP URL; its password is moved to broker_password"
+        DEFAULT_BROKER_URL,
+        description="AMQP URL, one host or several (amqp://u:p@h1,h2:5673/vhost); "
+        "its password is moved to broker_password",
     )
     broker_password: SecretStr | None = Field(
         None, description="broker password; overrides the one in the URL"
@@ -64,7 +52,10 @@ class Settings(BaseSettings):
     service_name: str = Field("kanin", description="app_id on published messages")
     prefetch: int = Field(50, ge=1, le=65535, description="default basic.qos per consumer")
     concurrency: int = Field(32, ge=1, description="default handlers in flight per consumer")
-    connect_timeout: float = Field(10.0, gt=0, description="seconds to wait for the broker")
+    connect_timeout: float = Field(10.0, gt=0, description="seconds to wait for one host")
+    wait_for_broker: float = Field(
+        30.0, ge=0, description="seconds a worker keeps trying every host at start"
+    )
     exchange: str = Field("", description="exchange ctx.publish() uses when none is given")
     publish_timeout: float = Field(
         30.0, gt=0, description="seconds a publish may wait for a connection and its confirm"
@@ -87,15 +78,19 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="worker log lines: text or json"
     )
+    fast_paths: bool = Field(
+        True,
+        description="use the faster paths through aiormq's and the OpenTelemetry SDK's "
+        "internals on the versions kanin was tested with; false: their public APIs only",
+    )
 
     @field_validator("broker_url")
     @classmethod
-    def _check_scheme(cls, url: str) -> str:
-        scheme = urlsplit(url).scheme
-        if scheme not in ("amqp", "amqps", "memory"):
-            safe, _ = strip_password(url)
+    def _check_url(cls, url: str) -> str:
+        parsed = BrokerUrl.parse(url)  # a ValueError names the host or port at fault
+        if parsed.scheme not in ("amqp", "amqps", "memory"):
             raise ValueError(
-                f"broker URL must start with amqp://, amqps:// or memory://, got {safe!r}"
+                f"broker URL must start with amqp://, amqps:// or memory://, got {str(parsed)!r}"
             )
         return url
 
@@ -116,10 +111,15 @@ class Settings(BaseSettings):
             self.broker_password = SecretStr(password)
         return self
 
-    def amqp_url(self) -> str:
-        """The URL to connect with, password included. Never log it."""
+    @property
+    def broker_hosts(self) -> list[str]:
+        """``host:port`` of each broker host in the URL, in the URL's order."""
+        return BrokerUrl.parse(self.broker_url).addresses()
+
+    def amqp_url(self, host: int = 0) -> str:
+        """The URL to connect to host number ``host`` with, password included. Never log it."""
         secret = self.broker_password.get_secret_value() if self.broker_password else None
-        return with_password(self.broker_url, secret)
+        return BrokerUrl.parse(self.broker_url).for_host(host, secret)
 
     @property
     def vhost(self) -> str:
@@ -128,11 +128,12 @@ class Settings(BaseSettings):
 
     def management(self) -> tuple[str, str, str]:
         """Base URL, user and password of the management API (password: never log it)."""
-        broker = urlsplit(self.broker_url)
-        user = unquote(broker.username or "guest")
+        broker = BrokerUrl.parse(self.broker_url)
+        user = broker.user or "guest"
         secret = self.broker_password.get_secret_value() if self.broker_password else "guest"
         if self.management_url is None:
-            host = broker.hostname or "127.0.0.1"
+            host = broker.hosts[0][0] if broker.hosts else "127.0.0.1"
+            host = f"[{host}]" if ":" in host else host
             scheme = "https" if broker.scheme == "amqps" else "http"
             port = 15671 if scheme == "https" else 15672
             return f"{scheme}://{host}:{port}/", user, secret

@@ -1,5 +1,11 @@
 """Lean recording spans: kanin's span per message, handed to the SDK's own pipeline.
 
+This module is kanin's one user of the OpenTelemetry SDK's private names (a tracer's
+limits, enabled flag and span metrics, ``ReadableSpan``'s fields, the composite
+propagator's list). :func:`lean_tracer` hands it out only on SDK versions the suite has
+run it against (``framework/versions.py``) and with ``KANIN_FAST_PATHS`` on; elsewhere
+kanin's spans are the SDK's own, from ``Tracer.start_span``.
+
 The OpenTelemetry SDK's ``Span`` takes a lock for every change, re-validates every
 attribute through ``BoundedAttributes`` and copies itself into a ``ReadableSpan`` when it
 ends; for a span per message that is most of what tracing costs. kanin's spans are
@@ -18,7 +24,9 @@ from typing import cast
 
 from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace import Tracer as SdkTracer
@@ -26,7 +34,15 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, DEFAULT_ON, Decision
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes, AttributeValue
+
+from framework.versions import fast_path
+
+try:  # the SDK's own span metrics (1.40 and later); off unless its variable turns them on
+    from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
+except ImportError:  # pragma: no cover - depends on the SDK version
+    NoOpTracerMetrics = None  # type: ignore[assignment,misc]
 
 # W3C Trace Context level 2's "random trace id" flag; SDKs before it have no such flag.
 _RANDOM: int = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
@@ -40,6 +56,30 @@ _FLAGS = {bits: TraceFlags(bits) for bits in (0, 1, _RANDOM, 1 | _RANDOM)}
 def link(context: SpanContext) -> Link:
     """A link to ``context`` without attributes, shaped as the SDK shapes one."""
     return Link(context, _NO_ATTRIBUTES)
+
+
+def lean_tracer(tracer: trace.Tracer | None, allowed: bool) -> LeanTracer | None:
+    """Lean spans for ``tracer`` where they may run, else None (the SDK's own spans):
+    an SDK tracer, a tested SDK version, ``allowed`` (``KANIN_FAST_PATHS``), and the
+    SDK's span metrics off (lean spans do not feed them)."""
+    if not isinstance(tracer, SdkTracer) or not fast_path("opentelemetry-sdk", allowed):
+        return None
+    metrics = getattr(tracer, "_tracer_metrics", None)
+    if metrics is not None and (
+        NoOpTracerMetrics is None or type(metrics) is not NoOpTracerMetrics
+    ):
+        return None
+    return LeanTracer(tracer)
+
+
+def is_w3c_default(textmap: object, allowed: bool) -> bool:
+    """Whether ``textmap`` is OpenTelemetry's default: W3C trace context, then baggage,
+    so a lone ``traceparent`` may be read directly. (The composite keeps its list without
+    a public name; where the fast paths may not run, the answer is no.)"""
+    if not isinstance(textmap, CompositePropagator) or not fast_path("opentelemetry-sdk", allowed):
+        return False
+    kinds = [type(p) for p in getattr(textmap, "_propagators", ())]
+    return kinds == [TraceContextTextMapPropagator, W3CBaggagePropagator]
 
 
 class LeanTracer:
@@ -57,6 +97,8 @@ class LeanTracer:
         self.check_at_start = self.limits.max_span_attribute_length is not None
         random_roots = getattr(tracer.id_generator, "is_trace_id_random", None)
         self.random_roots = _RANDOM if random_roots is not None and random_roots() else 0
+        # The SDK's tracer configurator may disable a tracer at any time (1.40 and later).
+        self.is_enabled = getattr(tracer, "_is_enabled", None)
 
     def start(
         self,
@@ -72,6 +114,8 @@ class LeanTracer:
         ``attributes`` (a dict of the caller's making) as its own; ``links`` are valid,
         made by :func:`link`."""
         tracer = self.tracer
+        if self.is_enabled is not None and not self.is_enabled():
+            return trace.NonRecordingSpan(above)  # what the SDK gives for a disabled tracer
         parent_span: SpanContext | None
         if above.is_valid:
             parent_span, trace_id = above, above.trace_id

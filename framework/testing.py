@@ -24,8 +24,7 @@ from framework.events import Event
 from framework.runner import Stats
 from framework.settings import Settings
 from framework.topology.model import Topology
-from framework.transport import embedded
-from framework.transport.amqp import Properties
+from framework.transport import Properties, embedded
 from framework.transport.memory import MemoryBroker, Message
 from framework.worker import Worker
 

@@ -21,11 +21,8 @@ from typing import Any, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
-from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import (
@@ -39,11 +36,10 @@ from opentelemetry.trace import (
     StatusCode,
     TraceFlags,
 )
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
 from framework.errors import ConfigError
-from framework.spans import LeanTracer, link
+from framework.spans import is_w3c_default, lean_tracer, link
 
 _OFF: AbstractContextManager[None] = nullcontext()
 
@@ -68,35 +64,27 @@ _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 
-def _is_w3c_default(textmap: object) -> bool:
-    """Whether ``textmap`` is OpenTelemetry's default: W3C trace context, then baggage.
-    (The composite keeps its list without a public name; without it, the answer is no.)"""
-    kinds = [type(p) for p in getattr(textmap, "_propagators", ())]
-    return isinstance(textmap, CompositePropagator) and kinds == [
-        TraceContextTextMapPropagator,
-        W3CBaggagePropagator,
-    ]
-
-
 class Tracing:
     """Makes kanin's spans with ``provider``'s tracer; does nothing when ``provider`` is None."""
 
-    def __init__(self, provider: trace.TracerProvider | None) -> None:
+    def __init__(self, provider: trace.TracerProvider | None, fast: bool = True) -> None:
         self.provider = provider
         self.enabled = provider is not None
         self.tracer = provider.get_tracer("kanin") if provider is not None else None
-        # The SDK's tracer gets lean spans (framework.spans); any other keeps its own.
-        self.lean = LeanTracer(self.tracer) if isinstance(self.tracer, SdkTracer) else None
+        # The SDK's tracer gets lean spans (framework.spans) where they may run; any
+        # other keeps its own. ``fast``: KANIN_FAST_PATHS.
+        self.fast = fast
+        self.lean = lean_tracer(self.tracer, fast) if self.tracer is not None else None
         self._textmap: object = None  # the global propagator last seen, and whether it
         self._w3c = False  # is OpenTelemetry's default
 
     @classmethod
-    def default(cls, provider: trace.TracerProvider | None = None) -> Tracing:
+    def default(cls, provider: trace.TracerProvider | None = None, fast: bool = True) -> Tracing:
         """``provider``, else the application's global SDK provider if it set one, else off."""
         if provider is None:
             current = trace.get_tracer_provider()
             provider = current if isinstance(current, TracerProvider) else None
-        return cls(provider)
+        return cls(provider, fast)
 
     def send(
         self, exchange: str, routing_key: str, properties: Any, body_size: int
@@ -169,7 +157,7 @@ class Tracing:
         is read here directly: the same context, for about half the cost."""
         textmap = propagate.get_global_textmap()
         if textmap is not self._textmap:
-            self._textmap, self._w3c = textmap, _is_w3c_default(textmap)
+            self._textmap, self._w3c = textmap, is_w3c_default(textmap, self.fast)
         if self._w3c and "tracestate" not in headers and "baggage" not in headers:
             value = headers.get("traceparent")
             if value is None:

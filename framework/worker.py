@@ -1,13 +1,15 @@
-"""The worker: runs consumer classes on one connection until it is told to stop.
+"""The worker: runs consumer classes on a transport until it is told to stop.
 
 Each consumer class gets a ``Runner`` (``runner.py``), the path every message takes. The
-worker owns what they share: the connection, one channel per consumer, the publisher,
-the idempotency stores, and the topology declared at start.
+worker owns what they share: the transport (a connection to consume on and one to
+publish on), one channel per consumer, the publisher, the idempotency stores, and the
+topology declared at start.
 
-The connection is supervised: when it or a consumer's channel is lost, the worker
-reconnects with capped backoff and every consumer consumes again on fresh channels.
-On ``stop()`` (SIGTERM, SIGINT) consumers are cancelled, in-flight handlers get
-``shutdown_grace`` seconds, pending acks are sent, and unfinished messages are returned.
+The transport brings its connections back by itself; the worker watches its consumer
+channels and, when one is lost or cancelled by the broker, consumes again on a fresh one
+(with capped backoff while that fails). On ``stop()`` (SIGTERM, SIGINT) consumers are
+cancelled, in-flight handlers get ``shutdown_grace`` seconds, pending acks are sent, and
+unfinished messages are returned.
 """
 
 from __future__ import annotations
@@ -17,35 +19,20 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from aio_pika.abc import AbstractConnection
 from opentelemetry.trace import TracerProvider
 
 from framework.consumer import Consumer
-from framework.errors import BrokerError, ConfigError
+from framework.errors import BrokerError, ConfigError, KaninError
 from framework.idempotency import IdempotencyStore, open_store
 from framework.probes import ProbeServer
 from framework.publisher import Publisher
 from framework.runner import Runner
 from framework.settings import Settings
 from framework.topology.declare import Declarer
-from framework.topology.expand import Declarations, expand, recovery_queues
+from framework.topology.expand import expand, recovery_queues
 from framework.topology.model import QueueSpec, Topology
 from framework.tracing import Tracing
-from framework.transport.amqp import (
-    CONNECTION_ERRORS,
-    ConsumerChannel,
-    PublishChannel,
-    connect,
-    raw_channel,
-)
-from framework.transport.embedded import (
-    MemoryConnection,
-    MemoryConsumerChannel,
-    MemoryPublishChannel,
-    broker_for,
-    is_memory,
-)
-from framework.transport.embedded import declare as declare_embedded
+from framework.transport import ConsumerChannel, Transport, open_transport
 
 log = logging.getLogger("kanin.worker")
 
@@ -85,6 +72,7 @@ class Worker:
         declare: bool = True,
         topology_file: str = "",
         tracer_provider: TracerProvider | None = None,
+        transport: Transport | None = None,
     ) -> None:
         if not consumers:
             raise ConfigError("no consumer classes to run")
@@ -93,28 +81,24 @@ class Worker:
         self.topology_file = topology_file or str(settings.topology)
         specs = {q.name: q for q in self.topology.queues}
         self.declare = declare
+        self.transport = transport or open_transport(settings, settings.service_name)
         # tracing: the given provider, else the application's global SDK one, else off
-        self.tracing = Tracing.default(tracer_provider)
-        self.publisher = Publisher(settings, source=self, tracer_provider=self.tracing.provider)
+        self.tracing = Tracing.default(tracer_provider, fast=settings.fast_paths)
+        self.publisher = Publisher(settings, self.transport, tracing=self.tracing)
         self.stores: dict[str, IdempotencyStore | None] = {}
         self.runners = [
             Runner(
                 cls,
                 specs[cls.queue],
-                self,
-                self._store(cls.idempotency or settings.idempotency_url),
+                settings=settings,
+                publisher=self.publisher,
+                tracing=self.tracing,
+                store=self._store(cls.idempotency or settings.idempotency_url),
             )
             for cls in consumers
         ]
-        self.reconnects = 0
-        # memory://: the embedded broker of this process instead of RabbitMQ
-        self.memory = broker_for(settings.broker_url) if is_memory(settings.broker_url) else None
-        self._connection: AbstractConnection | MemoryConnection | None = None
-        self._channels: list[ConsumerChannel | MemoryConsumerChannel] = []
-        self._publish: PublishChannel | MemoryPublishChannel | None = None
-        self._publish_lock = asyncio.Lock()
-        self._connected = asyncio.Event()
-        self._lost = asyncio.Event()
+        self.channels: list[ConsumerChannel | None] = [None] * len(self.runners)
+        self._started = False
         self._stopping = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self.probes = (
@@ -130,17 +114,25 @@ class Worker:
     def ready(self) -> bool:
         return not self.unready()
 
+    @property
+    def reconnects(self) -> int:
+        return self.transport.reconnects
+
     def unready(self) -> list[str]:
-        """Why the worker is not consuming on every queue right now (empty: it is)."""
+        """Why the worker is not consuming and publishing normally now (empty: it is)."""
         if self._stopping.is_set():
             return ["stopping"]
-        if not self._connected.is_set():
+        if not self._started or not self.transport.connected:
             return ["not connected to the broker"]
-        return [
-            f"consumer of {ch.queue} {'cancelled by the broker' if ch.cancelled.done() else 'lost'}"
-            for ch in self._channels
-            if not ch.is_open
-        ]
+        problems = []
+        for runner, channel in zip(self.runners, self.channels, strict=True):
+            if channel is None or not channel.is_open:
+                cancelled = channel is not None and channel.cancelled.done()
+                what = "cancelled by the broker" if cancelled else "lost"
+                problems.append(f"consumer of {runner.queue} {what}")
+        if self.transport.blocked:
+            problems.append(f"publishing blocked by the broker: {self.transport.blocked}")
+        return problems
 
     def stop(self) -> None:
         self._stopping.set()
@@ -157,140 +149,78 @@ class Worker:
             await self.probes.start()
         for runner in self.runners:
             await runner.consumer.on_startup()
+        await self.transport.connect(self.settings.wait_for_broker)
         await self._prepare_topology()
-        self._connection = await self._connect()
-        await self._open_session()
+        for index, runner in enumerate(self.runners):
+            self.channels[index] = await self._consume(runner)
+            log.info(
+                "consumer %s started on %s (prefetch %d, concurrency %d, attempts %d)",
+                runner.name, runner.queue, runner.prefetch, runner.concurrency,
+                runner.policy.attempts,
+            )  # fmt: skip
+        self._started = True
         self._supervisor = asyncio.create_task(self._supervise())
 
-    async def publish_channel(self) -> PublishChannel | MemoryPublishChannel:
-        """The confirm-mode channel of the current connection (waits out a reconnect)."""
-        if not self._connected.is_set():
-            await asyncio.wait_for(self._connected.wait(), self.settings.publish_timeout)
-        async with self._publish_lock:
-            if self._publish is None or not self._publish.is_open:
-                if isinstance(self._connection, MemoryConnection):
-                    self._publish = MemoryPublishChannel(self._connection.broker)
-                else:
-                    assert self._connection is not None
-                    channel = await raw_channel(self._connection, confirms=True)
-                    self._publish = PublishChannel(channel)
-            return self._publish
-
-    async def _connect(self) -> AbstractConnection | MemoryConnection:
-        connection: AbstractConnection | MemoryConnection
-        if self.memory is not None:
-            connection = MemoryConnection(self.memory)
-        else:
-            connection = await connect(self.settings, self.settings.service_name)
-        self._lost.clear()
-        connection.close_callbacks.add(lambda *_: self._lost.set())
-        return connection
+    async def _consume(self, runner: Runner) -> ConsumerChannel:
+        channel = await self.transport.consumer_channel(runner.queue, runner.prefetch, runner.stats)
+        try:
+            await channel.start(runner.on_delivery)
+        except BaseException:
+            await channel.close()
+            raise
+        return channel
 
     async def _prepare_topology(self) -> None:
         decls = expand(self.topology)
-        if self.memory is not None:
-            self._prepare_embedded(decls)
-            return
         if self.declare:
-            result = await Declarer(self.settings, self.topology_file, log.debug).apply(decls)
+            result = await Declarer(self.transport, self.settings, self.topology_file).apply(decls)
             log.info(
                 "topology declared: %d created, %d already there",
                 result.created,
                 result.existing + result.declared,
             )
             return
-        connection = await connect(self.settings, f"{self.settings.service_name}-check")
-        missing = []
-        try:
-            for runner in self.runners:
-                for name in [runner.queue] + [q.name for q in recovery_queues(runner.spec)]:
-                    channel = await connection.channel()
-                    try:
-                        await channel.declare_queue(name, passive=True)
-                        await channel.close()
-                    except CONNECTION_ERRORS:
-                        raise
-                    except Exception:
-                        missing.append(name)
-        finally:
-            await connection.close()
+        names = [
+            name
+            for runner in self.runners
+            for name in [runner.queue, *(q.name for q in recovery_queues(runner.spec))]
+        ]
+        missing = await self.transport.missing_queues(names)
         if missing:
             raise BrokerError(
                 f"--no-declare: missing on the broker: {', '.join(missing)} "
                 "(run 'kanin topology apply' first)"
             )
 
-    def _prepare_embedded(self, decls: Declarations) -> None:
-        assert self.memory is not None
-        if self.declare:
-            declare_embedded(self.memory, decls)
-            log.info("topology declared on the embedded broker %s", self.settings.broker_url)
-            return
-        missing = [q.name for q in decls.queues if q.name not in self.memory.queues]
-        if missing:
-            raise BrokerError(f"--no-declare: missing on the broker: {', '.join(missing)}")
-
-    async def _open_session(self) -> None:
-        assert self._connection is not None
-        self._channels = []
-        self._publish = None
-        for runner in self.runners:
-            channel: ConsumerChannel | MemoryConsumerChannel
-            if isinstance(self._connection, MemoryConnection):
-                channel = MemoryConsumerChannel(
-                    self._connection.channel(), runner.queue, runner.prefetch, runner.stats
-                )
-            else:
-                channel = ConsumerChannel(
-                    await raw_channel(self._connection), runner.queue, runner.prefetch, runner.stats
-                )
-            await channel.start(runner.on_delivery)
-            self._channels.append(channel)
-            if not self.reconnects:
-                log.info(
-                    "consumer %s started on %s (prefetch %d, concurrency %d, attempts %d)",
-                    runner.name, runner.queue, runner.prefetch, runner.concurrency,
-                    runner.policy.attempts,
-                )  # fmt: skip
-        self._connected.set()
-
     async def _supervise(self) -> None:
-        """Wait for a lost connection or channel; then reconnect until it works or we stop."""
+        """Consume again on a fresh channel wherever one was lost or cancelled."""
         delay = 0.2
         while not self._stopping.is_set():
-            waiters: list[asyncio.Future[Any]] = [
-                asyncio.ensure_future(self._stopping.wait()),
-                asyncio.ensure_future(self._lost.wait()),
-            ]
-            waiters += [ch.closing for ch in self._channels]
-            waiters += [ch.cancelled for ch in self._channels]
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waiters[:2]:
-                waiter.cancel()
-            if self._stopping.is_set():
-                return
-            self._connected.clear()
-            log.warning("connection, channel or consumer lost; reconnecting")
-            if self._connection is not None and not self._connection.is_closed:
-                await self._connection.close()
-            while not self._stopping.is_set():
+            dead = [i for i, ch in enumerate(self.channels) if ch is None or not ch.is_open]
+            if not dead:
+                delay = 0.2
+                waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stopping.wait())]
+                for channel in self.channels:
+                    assert channel is not None
+                    waiters += [channel.closing, channel.cancelled]
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                waiters[0].cancel()
+                continue
+            for index in dead:
+                runner, old = self.runners[index], self.channels[index]
+                if old is not None:
+                    self.channels[index] = None
+                    await old.close()
+                    log.warning("consumer of %s lost; consuming again", runner.queue)
                 try:
-                    self._connection = await self._connect()
-                    await self._open_session()
-                    break
-                except Exception as exc:
-                    # a connection whose session failed (say, a deleted queue) is closed
-                    # before the next try: retries must not pile up connections
-                    if self._connection is not None and not self._connection.is_closed:
-                        await self._connection.close()
-                    log.warning("reconnect failed (%s); next try in %.1fs", exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10.0)
-            else:
-                return
-            delay = 0.2
-            self.reconnects += 1
-            log.info("reconnected: %d consumer(s) consuming again", len(self._channels))
+                    self.channels[index] = await self._consume(runner)
+                    log.info("consumer of %s consuming again", runner.queue)
+                except KaninError as exc:
+                    log.warning("consuming %s again failed (%s); next try in %.1fs",
+                                runner.queue, exc, delay)  # fmt: skip
+            if any(ch is None for ch in self.channels):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def shutdown(self) -> None:
         log.info("stopping: no new messages; finishing the ones in flight")
@@ -298,7 +228,8 @@ class Worker:
         if self._supervisor is not None:
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
-        for channel in self._channels:
+        open_channels = [ch for ch in self.channels if ch is not None]
+        for channel in open_channels:
             await channel.cancel()
         await asyncio.sleep(0)  # deliveries read before the cancel-ok start their tasks
         in_flight = set().union(*(r.in_flight for r in self.runners))
@@ -310,15 +241,14 @@ class Worker:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        for channel in self._channels:
+        for channel in open_channels:
             await channel.close()
         for runner in self.runners:
             try:
                 await runner.consumer.on_shutdown()
             except Exception:
                 log.exception("%s.on_shutdown failed", runner.name)
-        if self._connection is not None and not self._connection.is_closed:
-            await self._connection.close()
+        await self.transport.close()
         for store in self.stores.values():
             if store is not None:
                 await store.close()

@@ -1,4 +1,4 @@
-"""Declare a topology on the broker through aio-pika, idempotently.
+"""Declare a topology on the broker, idempotently, through the transport.
 
 Each object is declared in dependency order. A declaration the broker refuses with
 PRECONDITION_FAILED (the object exists with other properties) is explained from the
@@ -9,13 +9,11 @@ value. Such a conflict is reported once, never retried.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import aiormq.exceptions
-from aio_pika.abc import AbstractChannel
-
-from framework.errors import BrokerError, KaninError, TopologyConflict
+from framework.errors import BrokerError, BrokerRefused, KaninError, TopologyConflict
 from framework.management import LiveTopology, Management, binding_key
 from framework.settings import Settings
 from framework.topology.diff import (
@@ -25,9 +23,10 @@ from framework.topology.diff import (
     queue_differences,
 )
 from framework.topology.expand import BindingDecl, Declarations, ExchangeDecl, QueueDecl
-from framework.transport.amqp import connect
+from framework.transport import Transport, open_transport
 
 Echo = Callable[[str], None]
+log = logging.getLogger("kanin.topology")
 
 
 @dataclass
@@ -40,86 +39,51 @@ class ApplyResult:
 
 
 class Declarer:
-    def __init__(self, settings: Settings, file: str, echo: Echo) -> None:
-        self.settings = settings
+    """Declares ``Declarations`` on ``transport``; ``echo`` gets a line per object."""
+
+    def __init__(
+        self, transport: Transport, settings: Settings, file: str, echo: Echo = log.debug
+    ) -> None:
+        self.transport = transport
         self.file = file
         self.echo = echo
-        self.management = Management.from_settings(settings)
+        self.management = Management.for_settings(settings)
         self.result = ApplyResult()
 
     async def apply(self, decls: Declarations) -> ApplyResult:
-        live: LiveTopology | None
-        try:
-            live = await self.management.snapshot()
-        except KaninError as exc:
-            self.echo(f"note: {exc}; cannot tell created objects from existing ones")
-            live = None
-        self.connection = await connect(self.settings, f"{self.settings.service_name}-topology")
-        try:
-            channel = await self.connection.channel()
-            everything: list[Decl] = [*decls.exchanges, *decls.queues, *decls.bindings]
-            for decl in everything:
-                channel = await self._declare(channel, decl, live)
-        finally:
-            await self.connection.close()
+        live: LiveTopology | None = None
+        if self.management is not None:
+            try:
+                live = await self.management.snapshot()
+            except KaninError as exc:
+                self.echo(f"note: {exc}; cannot tell created objects from existing ones")
+        everything: list[Decl] = [*decls.exchanges, *decls.queues, *decls.bindings]
+        for decl in everything:
+            try:
+                await self.transport.declare(decl)
+            except BrokerRefused as exc:
+                if exc.code == 406:
+                    self.result.conflicts.extend(await self._explain(decl, exc))
+                else:
+                    self.result.errors.append(f"{decl.describe()}: {exc.reply}")
+                continue
+            self._report(decl, self._existed(decl, live))
         if self.result.conflicts:
             raise TopologyConflict(self.result.conflicts)
         if self.result.errors:
             raise BrokerError("\n".join(self.result.errors))
         return self.result
 
-    async def _declare(
-        self, channel: AbstractChannel, decl: Decl, live: LiveTopology | None
-    ) -> AbstractChannel:
-        timeout = self.settings.connect_timeout
-        try:
-            if isinstance(decl, ExchangeDecl):
-                await channel.declare_exchange(
-                    decl.name,
-                    decl.type,
-                    durable=decl.durable,
-                    auto_delete=decl.auto_delete,
-                    internal=decl.internal,
-                    arguments=decl.arguments,
-                    timeout=timeout,
-                )
-                existed = None if live is None else decl.name in live.exchanges
-            elif isinstance(decl, QueueDecl):
-                await channel.declare_queue(
-                    decl.name,
-                    durable=decl.durable,
-                    auto_delete=decl.auto_delete,
-                    arguments=decl.arguments,
-                    timeout=timeout,
-                )
-                existed = None if live is None else decl.name in live.queues
-            else:
-                existed = await self._bind(channel, decl, live)
-        except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            self.result.conflicts.extend(await self._explain(decl, exc))
-            return await self.connection.channel()
-        except (aiormq.exceptions.AMQPChannelError, TimeoutError) as exc:
-            reason = str(exc.args[0]) if exc.args else type(exc).__name__
-            self.result.errors.append(f"{decl.describe()}: {reason}")
-            return await self.connection.channel()
-        self._report(decl, existed)
-        return channel
-
-    async def _bind(
-        self, channel: AbstractChannel, decl: BindingDecl, live: LiveTopology | None
-    ) -> bool | None:
-        timeout = self.settings.connect_timeout
-        args = decl.arguments
-        if decl.destination_type == "queue":
-            queue = await channel.get_queue(decl.destination, ensure=False)
-            await queue.bind(decl.source, decl.routing_key, arguments=args, timeout=timeout)
-        else:
-            target = await channel.get_exchange(decl.destination, ensure=False)
-            await target.bind(decl.source, decl.routing_key, arguments=args, timeout=timeout)
+    @staticmethod
+    def _existed(decl: Decl, live: LiveTopology | None) -> bool | None:
         if live is None:
             return None
+        if isinstance(decl, ExchangeDecl):
+            return decl.name in live.exchanges
+        if isinstance(decl, QueueDecl):
+            return decl.name in live.queues
         key = binding_key(
-            decl.source, decl.destination, decl.destination_type, decl.routing_key, args
+            decl.source, decl.destination, decl.destination_type, decl.routing_key, decl.arguments
         )
         return key in live.bindings
 
@@ -134,28 +98,37 @@ class Declarer:
             self.result.created += 1
             self.echo(f"created  {decl.describe()}")
 
-    async def _explain(self, decl: Decl, exc: Exception) -> list[str]:
+    async def _explain(self, decl: Decl, exc: BrokerRefused) -> list[str]:
         """Name each differing argument with both values; fall back to the broker's reply."""
-        broker_says = str(exc.args[0]) if exc.args else str(exc)
-        try:
-            if isinstance(decl, ExchangeDecl):
-                live = await self.management.exchange(decl.name)
-                diffs = exchange_differences(decl, live) if live else []
-                kind = "exchange"
-            elif isinstance(decl, QueueDecl):
-                live = await self.management.queue(decl.name)
-                diffs = queue_differences(decl, live) if live else []
-                kind = "queue"
-            else:
-                diffs, kind = [], "binding"
-        except KaninError:
-            diffs, kind = [], ""
+        diffs = []
+        kind = ""
+        if self.management is not None and not isinstance(decl, BindingDecl):
+            try:
+                if isinstance(decl, ExchangeDecl):
+                    live = await self.management.exchange(decl.name)
+                    diffs = exchange_differences(decl, live) if live else []
+                    kind = "exchange"
+                else:
+                    live = await self.management.queue(decl.name)
+                    diffs = queue_differences(decl, live) if live else []
+                    kind = "queue"
+            except KaninError:
+                diffs = []
         name = decl.name if isinstance(decl, ExchangeDecl | QueueDecl) else ""
         if diffs:
             return [describe_difference(kind, name, d, self.file) for d in diffs]
-        return [f"{decl.describe()}: refused by the broker: {broker_says}"]
+        return [f"{decl.describe()}: refused by the broker: {exc.reply}"]
 
 
 def apply_topology(decls: Declarations, settings: Settings, file: str, echo: Echo) -> ApplyResult:
     """Declare ``decls``; raise ``TopologyConflict`` or ``BrokerError`` after reporting all."""
-    return asyncio.run(Declarer(settings, file, echo).apply(decls))
+
+    async def run() -> ApplyResult:
+        transport = open_transport(settings, f"{settings.service_name}-topology")
+        try:
+            await transport.connect(0)
+            return await Declarer(transport, settings, file, echo).apply(decls)
+        finally:
+            await transport.close()
+
+    return asyncio.run(run())

@@ -1,21 +1,29 @@
-"""Workers and publishers on the embedded broker: ``KANIN_BROKER_URL=memory://``.
+"""The embedded broker as a ``Transport``: ``KANIN_BROKER_URL=memory://``.
 
-The same surface the worker and the publisher use on RabbitMQ (``transport/amqp.py``):
-a connection whose loss the worker watches, a consumer channel that delivers
-``Delivery`` objects and settles them, and a confirming publish channel. Each
-``memory://<name>`` URL is one broker per process (``memory://`` is the default one),
-so a worker and a publisher given the same URL talk to each other.
+The same surface as RabbitMQ's transport (``amqp.py``): consumer channels that deliver
+``Delivery`` objects and settle them, a confirming publish channel, declarations. Each
+``memory://<name>`` URL is one broker per process (``memory://`` is the default one), so
+workers and publishers given the same URL talk to each other. Nothing here is ever
+lost or blocked: there is no network.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from typing import Any
 
-from framework.errors import BrokerError, PublishFailed, Unroutable
-from framework.topology.expand import Declarations
-from framework.transport.amqp import Delivery, Properties
+from framework.errors import BrokerRefused, PublishFailed, Unroutable
+from framework.settings import Settings
+from framework.topology.expand import ExchangeDecl, QueueDecl
+from framework.transport.base import (
+    Counts,
+    Declaration,
+    Delivery,
+    OnDelivery,
+    OutgoingMessage,
+    Role,
+)
 from framework.transport.memory import MemoryBroker, MemoryBrokerError, MemoryChannel, Message
 
 _BROKERS: dict[str, MemoryBroker] = {}
@@ -38,45 +46,75 @@ def forget(url: str) -> None:
     _BROKERS.pop(url.removeprefix("memory://").strip("/"), None)
 
 
-def declare(broker: MemoryBroker, decls: Declarations) -> None:
-    """Declare exchanges, queues and bindings as ``topology apply`` does on RabbitMQ."""
-    for exchange in decls.exchanges:
-        broker.declare_exchange(exchange.name, exchange.type, exchange.arguments)
-    for queue in decls.queues:
-        broker.declare_queue(queue.name, queue.arguments)
-    for b in decls.bindings:
-        to_exchange = b.destination_type == "exchange"
-        broker.bind(b.source, b.destination, b.routing_key, b.arguments, to_exchange=to_exchange)
+class MemoryTransport:
+    """The process's embedded broker named by the URL, as a transport."""
 
+    def __init__(self, settings: Settings) -> None:
+        self.broker = broker_for(settings.broker_url)
+        self._connected = False
+        self._channels: list[MemoryConsumerChannel] = []
+        self._publish = MemoryPublishChannel(self.broker)
 
-class MemoryConnection:
-    """Stands for a connection: closing it closes its channels and tells the watchers."""
+    @property
+    def connected(self) -> bool:
+        return self._connected
 
-    def __init__(self, broker: MemoryBroker) -> None:
-        self.broker = broker
-        self.is_closed = False
-        self.close_callbacks: set[Callable[..., Any]] = set()
-        self.channels: list[MemoryChannel] = []
+    @property
+    def blocked(self) -> str | None:
+        return None
 
-    def channel(self) -> MemoryChannel:
-        channel = self.broker.channel()
-        self.channels.append(channel)
+    def blocked_seconds(self) -> float:
+        return 0.0
+
+    @property
+    def reconnects(self) -> int:
+        return 0
+
+    async def connect(self, wait: float, role: Role = "consume") -> None:
+        if role == "consume":
+            self._connected = True
+
+    async def consumer_channel(
+        self, queue: str, prefetch: int, counts: Counts | None = None
+    ) -> MemoryConsumerChannel:
+        channel = MemoryConsumerChannel(self.broker.channel(), queue, prefetch, counts)
+        self._channels.append(channel)
         return channel
 
+    async def publish_channel(self, within: float) -> MemoryPublishChannel:
+        return self._publish
+
+    async def declare(self, declaration: Declaration) -> None:
+        d = declaration
+        try:
+            if isinstance(d, ExchangeDecl):
+                self.broker.declare_exchange(d.name, d.type, d.arguments)
+            elif isinstance(d, QueueDecl):
+                self.broker.declare_queue(d.name, d.arguments)
+            else:
+                to_exchange = d.destination_type == "exchange"
+                self.broker.bind(
+                    d.source, d.destination, d.routing_key, d.arguments, to_exchange=to_exchange
+                )
+        except MemoryBrokerError as exc:
+            raise BrokerRefused(exc.code, str(exc)) from None
+
+    async def missing_queues(self, names: Sequence[str]) -> list[str]:
+        return [name for name in names if name not in self.broker.queues]
+
     async def close(self) -> None:
-        if self.is_closed:
-            return
-        self.is_closed = True
-        for channel in self.channels:
-            channel.close()
-        for callback in list(self.close_callbacks):
-            callback(self, None)
+        self._connected = False
+        for channel in self._channels:
+            await channel.close()
+        self._channels = []
 
 
 class MemoryConsumerChannel:
-    """``ConsumerChannel`` on the embedded broker: one queue, prefetch, settle per tag."""
+    """A consumer channel on the embedded broker: one queue, prefetch, settle per tag."""
 
-    def __init__(self, channel: MemoryChannel, queue: str, prefetch: int, counts: Any = None):
+    def __init__(
+        self, channel: MemoryChannel, queue: str, prefetch: int, counts: Counts | None = None
+    ) -> None:
         self.channel = channel
         self.queue = queue
         self.prefetch = prefetch
@@ -85,14 +123,18 @@ class MemoryConsumerChannel:
         self._tag: str | None = None
         loop = asyncio.get_running_loop()
         self.cancelled: asyncio.Future[None] = loop.create_future()
-        self.closing: asyncio.Future[None] = loop.create_future()
+        self._closing: asyncio.Future[Any] = loop.create_future()
 
-    async def start(self, on_delivery: Callable[[Delivery], Awaitable[None]]) -> None:
+    @property
+    def closing(self) -> asyncio.Future[Any]:
+        return self._closing
+
+    async def start(self, on_delivery: OnDelivery) -> None:
         self.channel.basic_qos(self.prefetch)
 
         async def consume(message: Message, tag: int) -> None:
             await on_delivery(
-                Delivery.of(
+                Delivery(
                     message.body, message.properties, message.exchange, message.routing_key,
                     tag, message.redelivered, self,
                 )
@@ -101,7 +143,7 @@ class MemoryConsumerChannel:
         try:
             self._tag = self.channel.basic_consume(self.queue, consume)
         except MemoryBrokerError as exc:
-            raise BrokerError(str(exc)) from None
+            raise BrokerRefused(exc.code, str(exc)) from None
 
     @property
     def is_open(self) -> bool:
@@ -130,41 +172,30 @@ class MemoryConsumerChannel:
 
     async def close(self) -> None:
         self.channel.close()
-        if not self.closing.done():
-            self.closing.set_result(None)
+        if not self._closing.done():
+            self._closing.set_result(None)
 
 
 class MemoryPublishChannel:
-    """``PublishChannel`` on the embedded broker: confirmed the moment it is routed."""
+    """A publish channel on the embedded broker: confirmed the moment it is routed."""
 
     def __init__(self, broker: MemoryBroker) -> None:
         self.broker = broker
         self.is_open = True
 
-    async def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: Properties,
-        *,
-        mandatory: bool = True,
-        confirm_timeout: float | None = None,
-    ) -> None:
+    async def publish(self, message: OutgoingMessage, *, within: float | None = None) -> None:
+        exchange, routing_key, body, properties = message
         try:
-            outcome = self.broker.publish(exchange, routing_key, body, properties, mandatory)
+            outcome = self.broker.publish(exchange, routing_key, body, properties, True)
         except MemoryBrokerError as exc:
-            raise PublishFailed(f"broker refused the message for {exchange!r}: {exc}") from None
+            raise PublishFailed(exchange, routing_key, f"the broker refused it: {exc}") from None
         if outcome == "returned":
             raise Unroutable(exchange, routing_key, "NO_ROUTE")
         if outcome == "refused":
-            raise PublishFailed(f"broker nacked the message for {exchange!r}")
+            raise PublishFailed(exchange, routing_key, "the broker nacked it")
 
     async def publish_batch(
-        self,
-        messages: list[tuple[str, str, bytes, Properties]],
-        *,
-        confirm_timeout: float | None = None,
+        self, messages: Sequence[OutgoingMessage], *, within: float | None = None
     ) -> None:
         for message in messages:
-            await self.publish(*message)
+            await self.publish(message)

@@ -66,8 +66,8 @@ async def test_same_event_three_times_is_handled_once(prefix: str, store: str) -
                 )
         stats = worker.runners[0].stats
         await eventually(lambda: stats.handled + stats.duplicates == 3, what="3 settled")
-        await worker._channels[0].drain()
-        assert worker._channels[0].acked == 3
+        await worker.channels[0].drain()  # type: ignore[union-attr]
+        assert worker.channels[0].acked == 3  # type: ignore[union-attr]
         async with amqp() as channel:
             assert await count(channel, f"{prefix}.work") == 0
     assert handled == [1]

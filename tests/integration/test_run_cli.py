@@ -14,10 +14,11 @@ import pytest
 
 from framework import Consumer, Context, Publisher
 from framework.topology import QueueSpec, Topology
-from tests.conftest import AMQP_URL
+from tests.conftest import AMQP_URL, BrokerAdmin
 from tests.integration.apps.slow import Job
 from tests.integration.worker_kit import (
     amqp,
+    close_connections_soon,
     count,
     drain,
     eventually,
@@ -98,7 +99,9 @@ async def test_sigterm_with_messages_in_flight_loses_nothing(prefix: str, tmp_pa
     assert f"SlowJob on {prefix}.jobs: received" in stderr
 
 
-async def test_consumers_resume_after_the_broker_closes_connections(prefix: str) -> None:
+async def test_consumers_resume_after_the_broker_closes_connections(
+    prefix: str, admin: BrokerAdmin
+) -> None:
     seen: set[int] = set()
 
     class Counting(Consumer):
@@ -110,20 +113,14 @@ async def test_consumers_resume_after_the_broker_closes_connections(prefix: str)
             seen.add(event.n)
 
     specs = Topology(queues=[QueueSpec(name=f"{prefix}.work")])
-    async with running(Counting, topology=specs) as worker:
+    service = f"{prefix}-svc"
+    async with running(Counting, topology=specs, service_name=service) as worker:
         async with Publisher(settings()) as publisher:
             await publisher.publish_many(
                 (Job(n=n) for n in range(60)), exchange="", routing_key=f"{prefix}.work"
             )
         await eventually(lambda: len(seen) >= 10, what="10 handled")
-        closed = await asyncio.to_thread(
-            subprocess.run,
-            ["rabbitmqctl", "close_all_connections", "kanin test"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert closed.returncode == 0, closed.stderr
+        assert await close_connections_soon(admin, service) == 1  # this worker's only
         await eventually(lambda: worker.reconnects >= 1 and worker.ready, what="reconnected")
         async with Publisher(settings()) as publisher:
             await publisher.publish_many(

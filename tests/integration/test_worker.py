@@ -23,7 +23,6 @@ from framework import (
     Worker,
 )
 from framework.topology import QueueSpec, Topology
-from framework.transport import amqp as transport
 from tests.conftest import BrokerAdmin
 from tests.integration.worker_kit import (
     amqp,
@@ -348,7 +347,8 @@ async def test_drained_queue_leaves_nothing_unacked(prefix: str, admin) -> None:
                 (Ping(n=i) for i in range(2000)), exchange="", routing_key=f"{prefix}.work"
             )
         await eventually(lambda: worker.runners[0].stats.handled == 2000)
-        channel = worker._channels[0]
+        channel = worker.channels[0]
+        assert channel is not None
         await channel.drain()
         assert channel.acked == 2000
     async with amqp() as ch:
@@ -365,7 +365,8 @@ async def test_publish_many_reports_an_unroutable_message_in_the_batch(prefix: s
     async with amqp() as channel:
         await channel.declare_queue(f"{prefix}.ok", durable=True)
         async with Publisher(settings()) as publisher:
-            assert (await publisher._source.publish_channel()).batchable  # the one-write path
+            publishing = await publisher.transport.publish_channel(5)
+            assert publishing.batch_in_one_write  # type: ignore[attr-defined]
             with pytest.raises(Unroutable, match="nowhere"):
                 await publisher.publish_many(
                     [Ping(n=1)], exchange="", routing_key=f"{prefix}.nowhere"
@@ -381,8 +382,6 @@ async def test_publish_many_reports_an_unroutable_message_in_the_batch(prefix: s
 async def test_a_handler_cut_off_by_a_lost_connection_is_cancelled_and_its_message_redelivered(
     prefix: str, admin: BrokerAdmin, dispatch: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if dispatch == "aiormq":  # a channel without what kanin starts delivery tasks with
-        monkeypatch.setattr(transport, "_DISPATCH_INTERNALS", ("_no_such_attribute",))
     calls: list[str] = []
     holding = asyncio.Event()
 
@@ -401,10 +400,13 @@ async def test_a_handler_cut_off_by_a_lost_connection_is_cancelled_and_its_messa
             calls.append(f"handled {event.n}, redelivered {ctx.redelivered}")
 
     service = f"{prefix}-svc"
-    async with running(Hold, topology=topology(prefix), service_name=service) as worker:
+    fast = dispatch == "kanin"  # else aiormq's own task store (its public path)
+    async with running(
+        Hold, topology=topology(prefix), service_name=service, fast_paths=fast
+    ) as worker:
         await publish_ping(prefix, 5)
         await asyncio.wait_for(holding.wait(), 15)
-        tracked = len(worker._channels[0]._running)  # type: ignore[union-attr]
+        tracked = len(worker.channels[0].running)  # type: ignore[union-attr]
         assert tracked == (1 if dispatch == "kanin" else 0)
         assert await close_connections_soon(admin, service) == 1
         await eventually(lambda: len(calls) == 3, what="the message handled after the reconnect")

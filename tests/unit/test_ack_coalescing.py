@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from framework.transport.amqp import ConsumerChannel
+from framework.transport.consuming import AmqpConsumerChannel as ConsumerChannel
 
 
 class BrokerModel:

@@ -11,7 +11,7 @@ from framework import Consumer, Context, Event, Reject, Retry, RetryPolicy, upca
 from framework.errors import ConfigError
 from framework.events import DecodeError, new_message_id
 from framework.publisher import envelope
-from framework.retry import classify
+from framework.recovery import classify
 
 
 class Base(Event, exchange="test.events"):

@@ -61,7 +61,7 @@ def test_password_file_wins(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None: 
     monkeypatch.setenv("KANIN_BROKER_URL", "amqp://shop:in-url@h/")
     monkeypatch.setenv("KANIN_BROKER_PASSWORD_FILE", str(secret))
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    assert settings.amqp_url() == "amqp://shop:from-file@h/"
+    assert settings.amqp_url() == "amqp://shop:from-file@h:5672/"
     assert "from-file" not in repr(settings)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from framework import Consumer, Context, Event, Reject, RetryPolicy
 from framework.testing import TestKit
-from framework.transport.amqp import Properties
+from framework.transport import Properties
 
 
 class Job(Event, type="kit.job", version=1):

@@ -1,0 +1,248 @@
+"""One AMQP connection that comes back by itself, to whichever host of the URL answers.
+
+A ``Link`` connects to the hosts of ``KANIN_BROKER_URL`` in its own order (the
+transport shuffles it once per process, so workers spread over a cluster's nodes) and
+takes the first that answers. When the connection is lost it tries the other hosts
+first, then again and again with capped backoff, until it is up or closed; whoever needs
+the connection waits for it within a bound of their own.
+
+While the broker blocks the connection (a memory or disk alarm), ``blocked`` holds the
+broker's reason. aiormq only logs ``connection.blocked``: kanin reads the reason from that
+record and the state from aiormq's public ``ready()``, which waits while a connection is
+blocked. The same log filter keeps broker-side closes of kanin's connections to the one
+line kanin writes itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from typing import Any
+
+import aio_pika
+import aiormq.exceptions
+from aio_pika.abc import AbstractConnection
+
+from framework.errors import BrokerUnavailable
+from framework.settings import Settings
+from framework.transport.amqp_errors import CHANNEL_GONE, reason
+
+log = logging.getLogger("kanin.transport")
+MAX_BACKOFF = 5.0  # seconds between two rounds over the hosts, at most
+BLOCKED_POLL = 1.0  # seconds between two looks at whether the broker blocks a connection
+
+
+class Link:
+    """A connection named ``name`` to the hosts of ``settings``, tried in ``order``."""
+
+    def __init__(self, settings: Settings, name: str, order: list[int]) -> None:
+        self.settings = settings
+        self.name = name
+        self.hosts = settings.broker_hosts
+        self.order = order
+        self.connection: AbstractConnection | None = None
+        self.host = ""  # host:port of the current connection
+        self.reconnects = 0
+        self.last_error = "not connected yet"
+        self.blocked: str | None = None
+        self._blocked_since = 0.0
+        self._blocked_total = 0.0
+        self._next = 0  # position in ``order`` to try first
+        self._up = asyncio.Event()
+        self._rounds = 0  # rounds over every host that failed
+        self._round_failed: asyncio.Future[None] | None = None  # for open() to wait on
+        self._connecting: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._closing: asyncio.Future[None] | None = None  # a dropped connection's close
+        self._closed = False
+        self._ever_up = False
+
+    @property
+    def is_up(self) -> bool:
+        return self._up.is_set()
+
+    def blocked_seconds(self) -> float:
+        current = time.monotonic() - self._blocked_since if self.blocked is not None else 0.0
+        return self._blocked_total + current
+
+    async def open(self, wait: float) -> None:
+        """Connect now, trying every host for ``wait`` seconds (at least one round), else
+        ``BrokerUnavailable`` naming the last failure."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        start = self._rounds
+        self._ensure_connecting()
+        while not self._up.is_set():
+            tried = self._rounds > start
+            if tried and loop.time() >= deadline:
+                await self.close()
+                raise BrokerUnavailable(self._unavailable(f" within {wait:g}s" if wait else ""))
+            if self._round_failed is None:
+                self._round_failed = loop.create_future()
+            up: asyncio.Future[Any] = asyncio.ensure_future(self._up.wait())
+            timeout = max(0.0, deadline - loop.time()) if tried else None
+            await asyncio.wait(
+                [up, self._round_failed], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            up.cancel()
+
+    async def get(self, within: float) -> AbstractConnection:
+        """The connection, waiting up to ``within`` seconds while it (re)connects."""
+        if not self._up.is_set():
+            if self._closed:
+                raise BrokerUnavailable(f"connection {self.name} is closed")
+            self._ensure_connecting()
+            try:
+                await asyncio.wait_for(self._up.wait(), within)
+            except TimeoutError:
+                raise BrokerUnavailable(self._unavailable(f" within {within:g}s")) from None
+        assert self.connection is not None
+        return self.connection
+
+    def lost(self, why: str) -> None:
+        """The connection is unusable although aio-pika did not say so: drop it."""
+        connection = self.connection
+        if connection is not None and self._up.is_set():
+            self._on_close(connection, ConnectionError(why))
+            self._closing = asyncio.ensure_future(connection.close())
+
+    def _unavailable(self, bound: str) -> str:
+        return f"cannot connect to {self.settings.broker_url}{bound}: {self.last_error}"
+
+    def _ensure_connecting(self) -> None:
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.create_task(self._connect_loop())
+
+    async def _connect_loop(self) -> None:
+        delay = 0.0
+        while not self._closed:
+            for _ in self.order:
+                index = self.order[self._next]
+                self._next = (self._next + 1) % len(self.order)
+                if await self._try(index):
+                    return
+            self._rounds += 1
+            if self._round_failed is not None:
+                self._round_failed.set_result(None)
+                self._round_failed = None
+            await asyncio.sleep(delay)
+            delay = min(max(0.2, delay * 2), MAX_BACKOFF)
+
+    async def _try(self, index: int) -> bool:
+        host = self.hosts[index]
+        try:
+            connection = await aio_pika.connect(
+                self.settings.amqp_url(index),
+                timeout=self.settings.connect_timeout,
+                client_properties={"connection_name": self.name},
+            )
+        except CHANNEL_GONE as exc:
+            self.last_error = f"{host}: {reason(exc, self.settings)}"
+            log.debug("connection %s: %s", self.name, self.last_error)
+            return False
+        if self._closed:
+            await connection.close()
+            return True
+        self.connection, self.host = connection, host
+        _watch_logs(self, connection)
+        connection.close_callbacks.add(self._on_close)
+        self._watch = asyncio.create_task(self._watch_blocked(connection))
+        if self._ever_up:
+            self.reconnects += 1
+            log.info("connection %s: connected again, to %s", self.name, host)
+        self._ever_up = True
+        self._up.set()
+        return True
+
+    def _on_close(self, connection: Any, exc: BaseException | None = None) -> None:
+        if connection is not self.connection:
+            return  # an older connection, already replaced
+        self._up.clear()
+        self.connection = None
+        self._set_blocked(None)
+        if self._watch is not None:
+            self._watch.cancel()
+        if self._closed:
+            return
+        self.last_error = f"{self.host}: {reason(exc, self.settings)}"
+        log.warning("connection %s to %s lost (%s); reconnecting",
+                    self.name, self.host, reason(exc, self.settings))  # fmt: skip
+        self._ensure_connecting()
+
+    async def _watch_blocked(self, connection: AbstractConnection) -> None:
+        """Follow whether the broker blocks ``connection``, through aiormq's ``ready()``."""
+        underlay: Any = getattr(connection, "transport", None)
+        client = getattr(underlay, "connection", None)
+        if client is None or not hasattr(client, "ready"):
+            return
+        while True:
+            ready = asyncio.ensure_future(client.ready())
+            await asyncio.sleep(0)
+            if not ready.done():
+                self._set_blocked(self.blocked or "the broker blocks publishing (resource alarm)")
+                await ready
+                self._set_blocked(None)
+            await asyncio.sleep(BLOCKED_POLL)
+
+    def _set_blocked(self, why: str | None) -> None:
+        if why is not None and self.blocked is None:
+            self._blocked_since = time.monotonic()
+            log.warning("connection %s blocked by the broker: %s", self.name, why)
+        elif why is None and self.blocked is not None:
+            self._blocked_total += time.monotonic() - self._blocked_since
+            log.info("connection %s unblocked", self.name)
+        self.blocked = why
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in (self._connecting, self._watch):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        connection, self.connection = self.connection, None
+        self._up.clear()
+        self._set_blocked(None)
+        if connection is not None and not connection.is_closed:
+            with contextlib.suppress(*CHANNEL_GONE):
+                await connection.close()
+
+
+# --- aiormq's log records about kanin's connections --------------------------------
+
+_LINKS: weakref.WeakKeyDictionary[Any, Link] = weakref.WeakKeyDictionary()
+
+
+def _watch_logs(link: Link, connection: AbstractConnection) -> None:
+    client = getattr(getattr(connection, "transport", None), "connection", None)
+    if client is not None:
+        _LINKS[client] = link
+    logger = logging.getLogger("aiormq.connection")
+    if not any(isinstance(f, _ClientRecords) for f in logger.filters):
+        logger.addFilter(_ClientRecords())
+
+
+class _ClientRecords(logging.Filter):
+    """Reads ``connection.blocked``'s reason from aiormq's record of it, and keeps a
+    broker-side close of a kanin connection to kanin's own line (no traceback twice)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        link = _LINKS.get(args[0]) if args else None
+        if record.msg == "Connection %r was blocked by: %r" and len(args) == 2:
+            if link is not None:
+                link._set_blocked(str(args[1]) or "the broker blocks publishing")
+                return False
+        elif record.msg == "Connection %r was unblocked":
+            if link is not None:
+                link._set_blocked(None)
+                return False
+        elif str(record.msg).startswith("Unexpected connection close from remote"):
+            return link is None  # kanin logs the loss with the broker's reason
+        elif record.exc_info and isinstance(record.exc_info[1], aiormq.exceptions.ConnectionClosed):
+            # "reader exited abnormally" after a broker-side close: one line, not a traceback
+            record.msg = f"{record.msg}: {reason(record.exc_info[1])}"
+            record.exc_info = record.exc_text = None
+        return True
