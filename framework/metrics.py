@@ -105,6 +105,15 @@ class WorkerCollector(Collector):
         yield CounterMetricFamily(
             "kanin_reconnects", "Reconnections after a lost connection.", value=worker.reconnects
         )
+        transport = worker.transport
+        yield GaugeMetricFamily(
+            "kanin_broker_blocked", "1 while the broker blocks publishing (resource alarm).",
+            value=1 if transport.blocked else 0,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "kanin_broker_blocked_seconds", "Seconds the broker has blocked publishing in all.",
+            value=transport.blocked_seconds(),
+        )  # fmt: skip
         yield GaugeMetricFamily(
             "kanin_ready", "1 when connected and every consumer is consuming.",
             value=0 if worker.unready() else 1,

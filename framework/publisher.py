@@ -204,7 +204,7 @@ class Publisher:
                 if loop.time() + pause >= deadline:
                     self._failed(messages)
                     raise PublishFailed(
-                        exchange, routing_key, f"no connection within {timeout:g}s ({exc})"
+                        exchange, routing_key, f"no connection within {timeout:g}s (last: {exc})"
                     ) from None
                 if not waited:
                     log.warning("publish to %r waits for the connection (%s)", exchange, exc)

@@ -136,6 +136,15 @@ def run(
         bool, typer.Option("--no-declare", help="Check the queues exist instead of declaring.")
     ] = False,
     broker_url: BrokerOpt = None,
+    wait_for_broker: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Seconds to keep trying every broker host at start before exit 1. "
+            "Default: $KANIN_WAIT_FOR_BROKER, else 30.",
+            show_default=False,
+        ),
+    ] = None,
     http_port: Annotated[
         int | None,
         typer.Option(
@@ -166,6 +175,7 @@ def run(
     with reported(quiet_client=False):
         settings = load_settings(
             broker_url=broker_url,
+            wait_for_broker=wait_for_broker,
             prefetch=prefetch,
             concurrency=concurrency,
             topology=topology,

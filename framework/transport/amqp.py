@@ -94,9 +94,7 @@ class AmqpTransport:
                     self._publish = AmqpPublishChannel(underlay, self.fast)
                     return self._publish
         except TimeoutError:
-            raise BrokerUnavailable(
-                f"no publishing channel within {within:g}s ({self.publishing.last_error})"
-            ) from None
+            raise BrokerUnavailable(self.publishing.last_error) from None
 
     async def declare(self, declaration: Declaration) -> None:
         channel = await self._declare_channel()
@@ -215,6 +213,8 @@ def _publish_error(
         reply = getattr(exc.frame, "reply_text", None) or "NO_ROUTE"
         return Unroutable(exchange, routing_key, str(reply))
     if isinstance(exc, aiormq.exceptions.DeliveryError):
+        if isinstance(exc.frame, Basic.Nack):
+            return PublishFailed(exchange, routing_key, "the broker nacked it")
         return PublishFailed(exchange, routing_key, f"the broker refused it: {exc}")
     refused = refusal(exc)
     if refused is not None:

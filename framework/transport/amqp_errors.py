@@ -7,6 +7,8 @@ A channel error with a reply code (403, 404, 406 ...) is the broker refusing som
 
 from __future__ import annotations
 
+import errno
+
 import aiormq.exceptions
 
 from framework.errors import BrokerRefused, BrokerUnavailable, KaninError
@@ -21,6 +23,13 @@ CHANNEL_GONE = (
     aiormq.exceptions.AMQPError,
 )
 
+_ERRNO_NAMES = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ETIMEDOUT: "connection timed out",
+}
 # Reply codes of the channel errors aiormq raises as classes of their own.
 _CODES: dict[type[BaseException], int] = {
     aiormq.exceptions.ChannelAccessRefused: 403,
@@ -44,6 +53,10 @@ def reason(exc: BaseException | None, settings: Settings | None = None) -> str:
         code, text = exc.args
         text = str(text or "")
         return f"{text} ({code})" if text and code is not None else text or str(code)
+    if isinstance(exc, aiormq.exceptions.AMQPConnectionError) and len(exc.args) == 2:
+        number = exc.args[0]  # aiormq's wrapping of an OSError: (errno, text)
+        if isinstance(number, int) and number in _ERRNO_NAMES:
+            return _ERRNO_NAMES[number]
     if isinstance(exc, TimeoutError):
         return "no answer in time"
     if isinstance(exc, ConnectionRefusedError):

@@ -9,21 +9,20 @@ the connection waits for it within a bound of their own.
 While the broker blocks the connection (a memory or disk alarm), ``blocked`` holds the
 broker's reason. aiormq only logs ``connection.blocked``: kanin reads the reason from that
 record and the state from aiormq's public ``ready()``, which waits while a connection is
-blocked. The same log filter keeps broker-side closes of kanin's connections to the one
-line kanin writes itself.
+blocked. The same log filter drops aiormq's records (tracebacks among them) of the
+failures of kanin's connections that kanin reports itself, in one line each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
-import weakref
 from typing import Any
 
 import aio_pika
-import aiormq.exceptions
 from aio_pika.abc import AbstractConnection
 
 from framework.errors import BrokerUnavailable
@@ -98,7 +97,7 @@ class Link:
             try:
                 await asyncio.wait_for(self._up.wait(), within)
             except TimeoutError:
-                raise BrokerUnavailable(self._unavailable(f" within {within:g}s")) from None
+                raise BrokerUnavailable(self.last_error) from None
         assert self.connection is not None
         return self.connection
 
@@ -133,6 +132,8 @@ class Link:
 
     async def _try(self, index: int) -> bool:
         host = self.hosts[index]
+        _install_filter()
+        token = _LINK.set(self)  # aiormq's tasks for this connection carry it
         try:
             connection = await aio_pika.connect(
                 self.settings.amqp_url(index),
@@ -143,11 +144,12 @@ class Link:
             self.last_error = f"{host}: {reason(exc, self.settings)}"
             log.debug("connection %s: %s", self.name, self.last_error)
             return False
+        finally:
+            _LINK.reset(token)
         if self._closed:
             await connection.close()
             return True
         self.connection, self.host = connection, host
-        _watch_logs(self, connection)
         connection.close_callbacks.add(self._on_close)
         self._watch = asyncio.create_task(self._watch_blocked(connection))
         if self._ever_up:
@@ -212,37 +214,35 @@ class Link:
 
 # --- aiormq's log records about kanin's connections --------------------------------
 
-_LINKS: weakref.WeakKeyDictionary[Any, Link] = weakref.WeakKeyDictionary()
+# The link whose connection is being opened: the tasks aiormq starts for a connection
+# (its reader, writer and heartbeat) copy it, so each record they log names its link.
+_LINK: contextvars.ContextVar[Link | None] = contextvars.ContextVar("kanin_link", default=None)
+_HANDLED_BY_KANIN = (  # records kanin replaces with its own one line
+    "Unexpected connection close from remote",
+    "Cancelling cause reader exited abnormally",
+    "error when creating transport",
+)
 
 
-def _watch_logs(link: Link, connection: AbstractConnection) -> None:
-    client = getattr(getattr(connection, "transport", None), "connection", None)
-    if client is not None:
-        _LINKS[client] = link
+def _install_filter() -> None:
     logger = logging.getLogger("aiormq.connection")
     if not any(isinstance(f, _ClientRecords) for f in logger.filters):
         logger.addFilter(_ClientRecords())
 
 
 class _ClientRecords(logging.Filter):
-    """Reads ``connection.blocked``'s reason from aiormq's record of it, and keeps a
-    broker-side close of a kanin connection to kanin's own line (no traceback twice)."""
+    """For aiormq's records about kanin's connections: reads ``connection.blocked``'s
+    reason, and drops the records of failures kanin reports itself, in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        link = _LINK.get()
+        if link is None:
+            return True  # not a connection of kanin's: untouched
         args = record.args if isinstance(record.args, tuple) else ()
-        link = _LINKS.get(args[0]) if args else None
         if record.msg == "Connection %r was blocked by: %r" and len(args) == 2:
-            if link is not None:
-                link._set_blocked(str(args[1]) or "the broker blocks publishing")
-                return False
-        elif record.msg == "Connection %r was unblocked":
-            if link is not None:
-                link._set_blocked(None)
-                return False
-        elif str(record.msg).startswith("Unexpected connection close from remote"):
-            return link is None  # kanin logs the loss with the broker's reason
-        elif record.exc_info and isinstance(record.exc_info[1], aiormq.exceptions.ConnectionClosed):
-            # "reader exited abnormally" after a broker-side close: one line, not a traceback
-            record.msg = f"{record.msg}: {reason(record.exc_info[1])}"
-            record.exc_info = record.exc_text = None
-        return True
+            link._set_blocked(str(args[1]) or "the broker blocks publishing")
+            return False
+        if record.msg == "Connection %r was unblocked":
+            link._set_blocked(None)
+            return False
+        return not str(record.msg).startswith(_HANDLED_BY_KANIN)

@@ -326,3 +326,60 @@ def test_a_configured_propagator_is_used_as_is(monkeypatch: pytest.MonkeyPatch) 
     assert calls == [{"traceparent": TRACEPARENT}]
     assert f"{trace.get_current_span(context).get_span_context().trace_id:032x}" == TRACE_ID
     assert f"{remote.trace_id:032x}" == TRACE_ID
+
+
+def test_a_tracer_the_configurator_disabled_exports_nothing_from_kanin() -> None:
+    sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    if not hasattr(sdk, "_disable_tracer_configurator"):
+        pytest.skip("this SDK version has no tracer configurator (added in 1.40)")
+    provider, exporter = recorded()
+    tracing = Tracing(provider)
+    assert tracing.lean is not None
+    carrier = {"traceparent": TRACEPARENT}
+    delivery = type("D", (), {"headers": carrier, "properties": type("P", (), {
+        "message_id": "m", "correlation_id": "c"})(), "exchange": "x", "routing_key": "k",
+        "delivery_tag": 1, "body": b"{}"})()  # fmt: skip
+    with tracing.process(delivery, "q", 1):
+        pass
+    assert len(exporter.get_finished_spans()) == 1
+    provider._set_tracer_configurator(tracer_configurator=sdk._disable_tracer_configurator)
+    exporter.clear()
+    with tracing.process(delivery, "q", 1) as span:
+        assert span is not None and not span.is_recording()
+        assert span.get_span_context().trace_id == int(TRACE_ID, 16)  # the parent's, as the SDK
+    properties = type("P", (), {"message_id": "m", "correlation_id": "c", "headers": {}})()
+    with tracing.send("x", "k", properties, 2):
+        pass
+    assert exporter.get_finished_spans() == ()
+
+
+def test_with_the_sdk_span_metrics_on_kanin_spans_are_the_sdk_own_and_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    metrics_sdk = pytest.importorskip("opentelemetry.sdk.metrics")
+    reader_module = pytest.importorskip("opentelemetry.sdk.metrics.export")
+    if not hasattr(pytest.importorskip("opentelemetry.sdk.trace"), "_tracer_metrics"):
+        pytest.skip("this SDK version has no span metrics (added in 1.40)")
+    monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
+    reader = reader_module.InMemoryMetricReader()
+    meters = metrics_sdk.MeterProvider(metric_readers=[reader])
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(meter_provider=meters)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(provider)
+    assert tracing.lean is None  # lean spans would not feed the metrics
+    properties = type("P", (), {"message_id": "m", "correlation_id": "c", "headers": {}})()
+    for _ in range(3):
+        with tracing.send("x", "k", properties, 2):
+            pass
+    assert len(exporter.get_finished_spans()) == 3
+    data = reader.get_metrics_data()
+    started = [
+        point.value
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == "otel.sdk.span.started"
+        for point in metric.data.data_points
+    ]
+    assert sum(started) == 3
