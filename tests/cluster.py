@@ -11,6 +11,7 @@ temporary directory, and is stopped and deleted with it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -120,10 +121,8 @@ class Node:
         self.ctl("stop", timeout=60)
         pid_file = self.dir / "pid"
         if pid_file.exists():
-            try:
+            with contextlib.suppress(ValueError, ProcessLookupError):
                 os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
-            except (ValueError, ProcessLookupError):
-                pass
 
 
 class Cluster:

@@ -99,20 +99,20 @@ async def test_a_publish_cut_before_its_confirm_is_sent_again_with_the_same_iden
 ) -> None:
     queue = f"{prefix}.ticks"
     await declare(queue)
-    async with FaultProxy() as proxy:
-        async with Publisher(settings(broker_url=proxy.url(), publish_timeout=15.0)) as publisher:
-            first = await publisher.publish(Tick(n=6), exchange="", routing_key=queue)
-            proxy.stall("to_client")  # the broker takes the next message; its confirm is held
-            sending = asyncio.create_task(
-                publisher.publish(Tick(n=7), exchange="", routing_key=queue)
-            )
-            async with amqp() as channel:
-                await eventually_async(lambda: count(channel, queue), 2)
-            assert not sending.done()
-            proxy.cut()
-            proxy.resume()
-            message_id = await asyncio.wait_for(sending, 15)
-            assert publisher.transport.reconnects == 1
+    async with (
+        FaultProxy() as proxy,
+        Publisher(settings(broker_url=proxy.url(), publish_timeout=15.0)) as publisher,
+    ):
+        first = await publisher.publish(Tick(n=6), exchange="", routing_key=queue)
+        proxy.stall("to_client")  # the broker takes the next message; its confirm is held
+        sending = asyncio.create_task(publisher.publish(Tick(n=7), exchange="", routing_key=queue))
+        async with amqp() as channel:
+            await eventually_async(lambda: count(channel, queue), 2)
+        assert not sending.done()
+        proxy.cut()
+        proxy.resume()
+        message_id = await asyncio.wait_for(sending, 15)
+        assert publisher.transport.reconnects == 1
     async with amqp() as channel:
         got = await wait_for_messages(channel, queue, 3)
         assert not await drain(channel, queue)
@@ -131,14 +131,16 @@ async def eventually_async(read: object, expected: int, within: float = 10.0) ->
 
 
 async def test_a_publish_during_an_outage_fails_within_one_timeout(prefix: str) -> None:
-    async with FaultProxy() as proxy:
-        async with Publisher(settings(broker_url=proxy.url(), publish_timeout=1.5)) as publisher:
-            proxy.refuse()
-            proxy.cut()
-            started = time.monotonic()
-            with pytest.raises(PublishFailed) as failure:
-                await publisher.publish(Tick(n=1), exchange="", routing_key=f"{prefix}.x")
-            took = time.monotonic() - started
+    async with (
+        FaultProxy() as proxy,
+        Publisher(settings(broker_url=proxy.url(), publish_timeout=1.5)) as publisher,
+    ):
+        proxy.refuse()
+        proxy.cut()
+        started = time.monotonic()
+        with pytest.raises(PublishFailed) as failure:
+            await publisher.publish(Tick(n=1), exchange="", routing_key=f"{prefix}.x")
+        took = time.monotonic() - started
     assert 1.4 <= took < 3.0, f"took {took:.1f}s for a 1.5s bound"
     message = str(failure.value)
     assert "the default exchange" in message and f"{prefix}.x" in message
@@ -158,17 +160,19 @@ async def test_a_worker_behind_a_cut_proxy_resumes_consuming(prefix: str) -> Non
             runs[event.n] += 1
 
     specs = Topology(queues=[QueueSpec(name=queue)])
-    async with FaultProxy() as proxy:
-        async with running(Slow, topology=specs, broker_url=proxy.url()) as worker:
-            async with Publisher(settings()) as publisher:
-                await publisher.publish_many(
-                    (Tick(n=n) for n in range(60)), exchange="", routing_key=queue
-                )
-            await eventually(lambda: len(runs) >= 10, what="10 handled")
-            proxy.cut(mid_frame=True)  # the next delivery frame arrives halved
-            await eventually(lambda: worker.reconnects >= 1, what="a reconnect")
-            await eventually(lambda: len(runs) == 60, within=30, what="all 60 handled")
-            assert worker.ready
+    async with (
+        FaultProxy() as proxy,
+        running(Slow, topology=specs, broker_url=proxy.url()) as worker,
+    ):
+        async with Publisher(settings()) as publisher:
+            await publisher.publish_many(
+                (Tick(n=n) for n in range(60)), exchange="", routing_key=queue
+            )
+        await eventually(lambda: len(runs) >= 10, what="10 handled")
+        proxy.cut(mid_frame=True)  # the next delivery frame arrives halved
+        await eventually(lambda: worker.reconnects >= 1, what="a reconnect")
+        await eventually(lambda: len(runs) == 60, within=30, what="all 60 handled")
+        assert worker.ready
     assert max(runs.values()) == 1, "a message was handled twice"
     async with amqp() as channel:
         assert await count(channel, queue) == 0
