@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from framework import Consumer, Context, Publisher
 from framework.topology import QueueSpec, Topology
 from tests.conftest import AMQP_URL, BrokerAdmin
 from tests.integration.apps.slow import Job
+from tests.integration.faults import FaultProxy
 from tests.integration.worker_kit import (
     amqp,
     close_connections_soon,
@@ -284,3 +286,54 @@ async def test_json_logs_and_console_spans(prefix: str, tmp_path: Path) -> None:
     span_ids = {s["context"]["span_id"].removeprefix("0x") for s in processed}
     in_span = [x for x in lines if x["span_id"] is not None]
     assert in_span and {x["span_id"] for x in in_span} <= span_ids
+
+
+async def test_a_worker_waits_for_the_broker_at_start_and_takes_the_host_that_answers(
+    prefix: str, tmp_path: Path
+) -> None:
+    """--wait-for-broker: no restart loop while the broker starts; a host list falls
+    through to the host that answers."""
+    log = tmp_path / "handled.log"
+    await publish_jobs(prefix, range(3))
+    async with FaultProxy() as proxy:
+        proxy.refuse()  # the broker is "not up yet"
+        dead = f"127.0.0.1:{proxy.port}"
+        live = AMQP_URL.split("@")[1].rstrip("/")
+        url = f"amqp://guest:guest@{dead},{dead}/"  # only the proxy, twice
+        process = start(prefix, log, "--wait-for-broker", "30", "--broker-url", url)
+        try:
+            await asyncio.sleep(2)
+            assert process.poll() is None, "exited instead of waiting for the broker"
+            await proxy.accept()
+            await eventually(lambda: len(handled(log)) == 3, within=30, what="3 handled")
+            process.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.to_thread(process.communicate, timeout=60)
+        finally:
+            kill_tree(process)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+
+    # several hosts, the first refused: the worker takes the one that answers
+    await publish_jobs(prefix, range(3, 5))
+    process = start(prefix, log, "--broker-url", f"amqp://guest:guest@127.0.0.1:1,{live}/")
+    try:
+        await eventually(lambda: len(handled(log)) == 5, within=30, what="5 handled")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.to_thread(process.communicate, timeout=60)
+    finally:
+        kill_tree(process)
+    assert process.returncode == 0, stderr
+
+
+def test_a_broker_that_never_answers_is_exit_1_after_the_wait(prefix: str, tmp_path: Path) -> None:
+    url = "amqp://guest:secret-pw@127.0.0.1:1,127.0.0.1:2/"
+    began = time.monotonic()
+    process = start(prefix, tmp_path / "log", "--wait-for-broker", "2", "--broker-url", url)
+    _, stderr = process.communicate(timeout=60)
+    took = time.monotonic() - began
+    assert process.returncode == 1, stderr
+    assert 2 <= took < 20
+    (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    prefix_ = "error: cannot connect to amqp://guest@127.0.0.1:1,127.0.0.1:2/ within 2s: "
+    assert line.startswith(prefix_) and line.endswith(": connection refused"), stderr
+    assert "secret-pw" not in stderr and "Traceback" not in stderr
