@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install services test lint bench demo clean
+.PHONY: install services test matrix lint bench demo clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
@@ -21,6 +21,11 @@ services:
 
 test: install services
 	$(BIN)/python -m pytest tests
+	@bash tests/matrix.sh lowest newest
+
+# The unit, conformance and fast-path tests on the lowest and the newest dependencies.
+matrix: install services
+	@bash tests/matrix.sh lowest newest
 
 lint: install
 	$(BIN)/ruff check framework workers tests
@@ -37,4 +42,4 @@ demo: install
 	@$(BIN)/kanin demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-lowest .venv-newest .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the servers the test suite talks to answer on loopback:
-# RabbitMQ (AMQP 5672 + management API 15672) and Redis (6379).
+# RabbitMQ (AMQP 5672 + management API 15672), Redis (6379) and PostgreSQL (5432,
+# user postgres, database test).
 # Starts a server that is installed but stopped, installs one that is missing,
 # and waits (bounded) until each answers. Safe to run again and again.
 set -euo pipefail
@@ -78,5 +79,34 @@ redis() {
   wait_for "Redis (6379)" port_open 6379
 }
 
+postgres_answers() {
+  psql -h 127.0.0.1 -U postgres -d test -tAc 'select 1' 2>/dev/null | grep -q 1
+}
+
+postgresql() {
+  if ! port_open 5432; then
+    command -v pg_ctlcluster >/dev/null 2>&1 || apt_install postgresql
+    if ! port_open 5432; then
+      local version
+      version="$(ls /etc/postgresql | sort -V | tail -n 1)"
+      say "starting PostgreSQL $version"
+      as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    fi
+  fi
+  wait_for "PostgreSQL (5432)" port_open 5432
+  if ! postgres_answers; then  # a fresh install: trust auth on loopback, database test
+    local hba
+    hba="$(as_root su postgres -c "psql -tAc 'show hba_file'")"
+    if ! as_root grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+      say "PostgreSQL: trusting loopback connections (test machine)"
+      as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+      as_root su postgres -c "psql -tAc 'select pg_reload_conf()'" >/dev/null
+    fi
+    as_root su postgres -c "createdb test" 2>/dev/null || true
+  fi
+  wait_for "PostgreSQL database test" postgres_answers
+}
+
 rabbitmq
 redis
+postgresql
