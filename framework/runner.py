@@ -106,7 +106,7 @@ class Runner:
 
     async def on_delivery(self, delivery: Delivery) -> None:
         task = asyncio.current_task()
-        assert task is not None  # aiormq runs every delivery in its own task
+        assert task is not None  # every transport runs each delivery in a task of its own
         self.in_flight.add(task)
         attempt = attempt_of(delivery.headers)
         try:

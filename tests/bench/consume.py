@@ -12,6 +12,14 @@ Publish: N events, in batches of 1000, waiting for all confirms.
                   envelope + gather(exchange.publish) per batch;
   - kanin:        Publisher.publish_many(events) per batch;
   - kanin+trace:  the same with a send span per message.
+Consume and publish: drain N messages, each handler publishing one event (confirmed) on
+a second connection before its message is acked.
+  - raw aio-pika: a callback that publishes on a confirm channel of a second connection,
+                  then acks;
+  - kanin:        a handler that calls ctx.publish() (the worker's publishing connection).
+Every kanin row runs twice: on the fast paths (the default: aiormq's and the SDK's
+internals, on the versions kanin was tested with) and on the public path
+(KANIN_FAST_PATHS=false: their public APIs only), marked "(public)".
 
 Runs are interleaved (raw, FastStream, kanin, raw, ...) and each figure is the median of
 the rounds; the time runs from the first message handled to the last one acked, so
@@ -30,7 +38,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,6 +56,7 @@ N = int(os.environ.get("KANIN_BENCH_MESSAGES", "20000"))
 ROUNDS = int(os.environ.get("KANIN_BENCH_ROUNDS", "3"))
 PREFETCH = 100
 QUEUE = f"kanin-bench-{uuid.uuid4().hex[:8]}"
+REPLIES = f"{QUEUE}.replies"
 
 
 class Item(Event):
@@ -61,6 +70,10 @@ class OrderPlaced(Event, type="order.placed", version=1):
     customer_email: str
     items: list[Item]
     note: str
+
+
+class OrderSeen(Event, type="order.seen", version=1):
+    order_id: str
 
 
 def payload(i: int) -> dict[str, object]:
@@ -184,7 +197,13 @@ async def faststream_consume() -> float:
     return clock.rate()
 
 
-async def kanin_consume(provider: TracerProvider | None = None) -> float:
+def settings(fast: bool = True) -> Settings:
+    return Settings(_env_file=None, broker_url=URL, topology="none.yaml", fast_paths=fast)  # type: ignore[call-arg]
+
+
+async def kanin_consume(
+    provider: TracerProvider | None = None, fast: bool = True, reply: bool = False
+) -> float:
     clock = Clock()
 
     class Reserve(Consumer):
@@ -193,20 +212,46 @@ async def kanin_consume(provider: TracerProvider | None = None) -> float:
         concurrency = PREFETCH
 
         async def handle(self, event: OrderPlaced, ctx: Context) -> None:
+            if reply:
+                await ctx.publish(OrderSeen(order_id=event.order_id), routing_key=REPLIES)
             clock.tick()
 
-    settings = Settings(_env_file=None, broker_url=URL, topology="none.yaml")  # type: ignore[call-arg]
     topology = Topology(queues=[QueueSpec(name=QUEUE, dead_letter=False)])
-    worker = Worker([Reserve], settings, topology=topology, tracer_provider=provider)
+    worker = Worker([Reserve], settings(fast), topology=topology, tracer_provider=provider)
     await worker.start()
     try:
         await clock.done.wait()
-        channel = worker._channels[0]
+        channel = worker.channels[0]
+        assert channel is not None
         await channel.drain()  # the last acks are on the wire: stop the clock here
         clock.last = time.perf_counter()
     finally:
         worker.stop()
         await worker.shutdown()
+    return clock.rate()
+
+
+async def raw_consume_and_publish() -> float:
+    """Hand-written: publish a reply on a second connection's confirm channel, then ack."""
+    clock = Clock()
+    consuming = await aio_pika.connect(URL)
+    publishing = await aio_pika.connect(URL)
+    async with consuming, publishing:
+        channel = await consuming.channel()
+        await channel.set_qos(prefetch_count=PREFETCH)
+        out = (await publishing.channel(publisher_confirms=True)).default_exchange
+        queue = await channel.declare_queue(QUEUE, durable=True, passive=True)
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            order = json.loads(message.body)
+            reply = json.dumps({"order_id": order["order_id"]}).encode()
+            await out.publish(envelope(reply), routing_key=REPLIES, mandatory=True)
+            await message.ack()
+            clock.tick()
+
+        tag = await queue.consume(on_message)
+        await clock.done.wait()
+        await queue.cancel(tag)
     return clock.rate()
 
 
@@ -266,7 +311,7 @@ def report(
         median = statistics.median(rates)
         runs = ", ".join(f"{r:,.0f}" for r in rates)
         print(
-            f"  {name:<12} {median:>8,.0f} msg/s  {median / base:5.2f}x {baseline}  "
+            f"  {name:<21} {median:>8,.0f} msg/s  {median / base:5.2f}x {baseline}  "
             f"{statistics.median(cpu[name]):6.1f} us CPU/msg  [{runs}]"
         )
 
@@ -278,42 +323,71 @@ async def main() -> None:
     async with connection:
         channel = await connection.channel()
         await channel.declare_queue(QUEUE, durable=True)
+        replies = await channel.declare_queue(REPLIES, durable=True)
         try:
-            contenders: dict[str, Callable[[], Awaitable[float]]] = {
+            consumers: dict[str, Callable[[], Awaitable[float]]] = {
                 "aio-pika": raw_consume,
                 "faststream": faststream_consume,
                 "kanin": kanin_consume,
+                "kanin (public)": lambda: kanin_consume(fast=False),
                 "kanin+trace": lambda: kanin_consume(tracing),
+                "kanin+trace (public)": lambda: kanin_consume(tracing, fast=False),
             }
-            consume: dict[str, list[float]] = {name: [] for name in contenders}
-            consume_cpu: dict[str, list[float]] = {name: [] for name in contenders}
-            publish: dict[str, list[float]] = {"aio-pika": [], "kanin": [], "kanin+trace": []}
-            publish_cpu: dict[str, list[float]] = {name: [] for name in publish}
-            settings = Settings(_env_file=None, broker_url=URL)  # type: ignore[call-arg]
-            traced_publisher = Publisher(settings, tracer_provider=tracing)
-            async with Publisher(settings) as publisher, traced_publisher:
+            repliers: dict[str, Callable[[], Awaitable[float]]] = {
+                "aio-pika": raw_consume_and_publish,
+                "kanin": lambda: kanin_consume(reply=True),
+                "kanin (public)": lambda: kanin_consume(fast=False, reply=True),
+            }
+            publishers = {
+                "kanin": Publisher(settings()),
+                "kanin (public)": Publisher(settings(fast=False)),
+                "kanin+trace": Publisher(settings(), tracer_provider=tracing),
+            }
+            consume, reply = Results(consumers), Results(repliers)
+            publish = Results(["aio-pika", *publishers])
+            for publisher in publishers.values():
+                await publisher.__aenter__()
+            try:
                 for _ in range(ROUNDS):
-                    for name, run in contenders.items():
+                    for name, run in consumers.items():
                         await fill(channel)
-                        consume[name].append(await measured(run, consume_cpu[name]))
+                        await consume.measure(name, run)
+                    for name, run in repliers.items():
+                        await fill(channel)
+                        await reply.measure(name, run)
+                        await replies.purge()
                     await purge(channel)
-                    raw = await measured(lambda: raw_publish(channel), publish_cpu["aio-pika"])
-                    publish["aio-pika"].append(raw)
-                    await purge(channel)
-                    own = await measured(lambda: kanin_publish(publisher), publish_cpu["kanin"])
-                    publish["kanin"].append(own)
-                    await purge(channel)
-                    with_spans = await measured(
-                        lambda: kanin_publish(traced_publisher), publish_cpu["kanin+trace"]
-                    )
-                    publish["kanin+trace"].append(with_spans)
-            report("consume", consume, consume_cpu, "aio-pika")
-            fs = statistics.median(consume["faststream"])
-            print(f"  kanin / faststream: {statistics.median(consume['kanin']) / fs:.2f}x")
-            report("publish (confirmed, batches of 1000)", publish, publish_cpu, "aio-pika")
+                    await publish.measure("aio-pika", lambda: raw_publish(channel))
+                    for name, publisher in publishers.items():
+                        await purge(channel)
+                        await publish.measure(name, lambda p=publisher: kanin_publish(p))  # type: ignore[misc]
+            finally:
+                for publisher in publishers.values():
+                    await publisher.close()
+            report("consume", consume.rates, consume.cpu, "aio-pika")
+            fs = statistics.median(consume.rates["faststream"])
+            for name in ("kanin", "kanin (public)"):
+                print(f"  {name} / faststream: {statistics.median(consume.rates[name]) / fs:.2f}x")
+            report("publish (confirmed, batches of 1000)", publish.rates, publish.cpu, "aio-pika")
+            report(
+                "consume, each handler publishing one event (confirmed, second connection)",
+                reply.rates, reply.cpu, "aio-pika",
+            )  # fmt: skip
         finally:
             await channel.queue_delete(QUEUE)
+            await channel.queue_delete(REPLIES)
             tracing.shutdown()
+
+
+class Results:
+    """Rates and CPU per message of each contender, round after round."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.rates: dict[str, list[float]] = {name: [] for name in names}
+        self.cpu: dict[str, list[float]] = {name: [] for name in self.rates}
+
+    async def measure(self, name: str, run: Callable[[], Awaitable[float]]) -> None:
+        self.rates[name].append(await measured(run, self.cpu[name]))
 
 
 if __name__ == "__main__":
