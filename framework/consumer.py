@@ -14,6 +14,7 @@ one consumer handle several types of its queue, dispatched on the message's ``ty
 
 from __future__ import annotations
 
+import inspect
 import logging
 import types
 import typing
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from framework.errors import ConfigError
 from framework.events import Event
+from framework.headers import text
 from framework.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -39,6 +41,12 @@ class Consumer:
     timeout: ClassVar[float | None] = None  # seconds per handler call
     idempotency: ClassVar[str | None] = None  # store URL; default KANIN_IDEMPOTENCY_URL
     idempotency_retention: ClassVar[float | None] = None  # default KANIN_IDEMPOTENCY_RETENTION
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Check what a subclass defines, when it is defined: a mistake here is a
+        ``ConfigError`` at import, never a message in the DLQ later."""
+        super().__init_subclass__(**kwargs)
+        _check_class(cls)
 
     async def on_startup(self) -> None:
         """Open resources (clients, pools) before the first message."""
@@ -88,17 +96,45 @@ class Consumer:
         return classes
 
 
+_ASYNC = ("handle", "on_startup", "on_shutdown")
+_POSITIVE = ("prefetch", "concurrency", "timeout", "idempotency_retention")
+
+
+def _check_class(cls: type[Consumer]) -> None:
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    for method in _ASYNC:
+        function = cls.__dict__.get(method)
+        if function is not None and not inspect.iscoroutinefunction(function):
+            raise ConfigError(
+                f"{name}.{method} must be 'async def': kanin awaits it. Run blocking code "
+                "from it with 'await asyncio.to_thread(function, ...)'"
+            )
+    handle = cls.__dict__.get("handle")
+    if handle is not None:
+        params = list(inspect.signature(handle).parameters.values())
+        plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        if len(params) != 3 or any(p.kind not in plain for p in params):
+            got = ", ".join(p.name for p in params)
+            raise ConfigError(f"{name}.handle takes (self, event, ctx), not ({got})")
+    key = cls.__dict__.get("idempotency_key")
+    if key is not None and inspect.iscoroutinefunction(key):
+        raise ConfigError(f"{name}.idempotency_key must be a plain 'def' returning a str or None")
+    for attribute in _POSITIVE:
+        value = cls.__dict__.get(attribute)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+        ):
+            raise ConfigError(f"{name}.{attribute} must be a positive number, got {value!r}")
+    queue = cls.__dict__.get("queue")
+    if queue is not None and not isinstance(queue, str):
+        raise ConfigError(f"{name}.queue must be a queue name (str), got {queue!r}")
+    retry = cls.__dict__.get("retry")
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise ConfigError(f"{name}.retry must be a RetryPolicy(...), got {retry!r}")
+
+
 def _is_union(hint: Any) -> bool:
     return typing.get_origin(hint) in (typing.Union, types.UnionType)
-
-
-def text(value: Any) -> str | None:
-    """A property or header value as text (foreign clients send ``bytes`` headers)."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    return str(value)
 
 
 class Context:
@@ -147,11 +183,13 @@ class Context:
     @property
     def exchange(self) -> str:
         """Where the message was first published (kept across retries)."""
-        return text(self.headers.get("x-original-exchange")) or self._delivery.exchange
+        original = text(self.headers.get("x-original-exchange"))
+        return self._delivery.exchange if original is None else original
 
     @property
     def routing_key(self) -> str:
-        return text(self.headers.get("x-original-routing-key")) or self._delivery.routing_key
+        original = text(self.headers.get("x-original-routing-key"))
+        return self._delivery.routing_key if original is None else original
 
     @property
     def redelivered(self) -> bool:

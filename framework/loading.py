@@ -23,12 +23,28 @@ def _import(name: str) -> ModuleType:
         raise
 
 
-def _defined_in(module: ModuleType) -> list[type[Consumer]]:
-    return [
+def _defined_in(module: ModuleType) -> tuple[list[type[Consumer]], list[str]]:
+    """The consumer classes defined in ``module``, and what is wrong with each that cannot
+    consume. A class without ``queue`` that another class of the module derives from, or
+    with no ``handle`` of its own, is a base class, not a mistake."""
+    classes = [
         obj
         for _, obj in inspect.getmembers(module, inspect.isclass)
-        if issubclass(obj, Consumer) and obj.__module__ == module.__name__ and obj.queue
+        if issubclass(obj, Consumer) and obj is not Consumer and obj.__module__ == module.__name__
     ]
+    bases = {base for cls in classes for base in cls.__mro__[1:]}
+    found: list[type[Consumer]] = []
+    problems: list[str] = []
+    for cls in classes:
+        if not cls.queue and (cls in bases or "handle" not in cls.__dict__):
+            continue
+        try:
+            cls.event_classes()
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        found.append(cls)
+    return found, problems
 
 
 def load_attribute(target: str) -> Any:
@@ -65,10 +81,13 @@ def load_consumers(targets: list[str]) -> list[type[Consumer]]:
                 raise ConfigError(f"{target!r} is not a Consumer class")
             classes = [obj]
         else:
-            classes = _defined_in(module)
-            if not classes and hasattr(module, "__path__"):
+            classes, problems = _defined_in(module)
+            if not classes and not problems and hasattr(module, "__path__"):
                 for info in pkgutil.iter_modules(module.__path__, module.__name__ + "."):
-                    classes += _defined_in(_import(info.name))
+                    more, wrong = _defined_in(_import(info.name))
+                    classes, problems = classes + more, problems + wrong
+            if problems:
+                raise ConfigError(f"{module_name!r}: {'; '.join(problems)}")
             if not classes:
                 raise ConfigError(f"no consumer classes in {module_name!r}")
         found += [cls for cls in classes if cls not in found]

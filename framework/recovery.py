@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from framework.errors import Reject, Retry
 from framework.events import DecodeError, new_message_id
+from framework.headers import plain, text
 from framework.retry import RetryPolicy
 from framework.transport.base import Delivery, Properties
 
@@ -71,16 +72,17 @@ def _copy(properties: Properties, headers: dict[str, Any], **changes: Any) -> Pr
 
 def _origin(delivery: Delivery) -> dict[str, Any]:
     """Where the message was first published, kept across retries."""
-    headers = delivery.headers
+    exchange = text(delivery.headers.get("x-original-exchange"))
+    routing_key = text(delivery.headers.get("x-original-routing-key"))
     return {
-        "x-original-exchange": headers.get("x-original-exchange", delivery.exchange),
-        "x-original-routing-key": headers.get("x-original-routing-key", delivery.routing_key),
+        "x-original-exchange": delivery.exchange if exchange is None else exchange,
+        "x-original-routing-key": delivery.routing_key if routing_key is None else routing_key,
     }
 
 
 def _identity(delivery: Delivery) -> dict[str, Any]:
     """A republished message gets a fresh message_id; its idempotency key stays the same."""
-    key = delivery.headers.get("x-idempotency-key") or delivery.properties.message_id
+    key = text(delivery.headers.get("x-idempotency-key")) or text(delivery.properties.message_id)
     return {"x-idempotency-key": key} if key else {}
 
 
@@ -93,7 +95,7 @@ def retry_message(
 ) -> Properties:
     """Properties for the copy sent to ``<queue>.retry.<attempt>``; it comes back as
     ``next_attempt`` (default ``attempt + 1``)."""
-    headers = {**delivery.headers, **_origin(delivery), **_identity(delivery)}
+    headers = {**plain(delivery.headers), **_origin(delivery), **_identity(delivery)}
     headers["x-attempt"] = attempt + 1 if next_attempt is None else next_attempt
     expiration = None
     if verdict.delay is not None:
@@ -103,7 +105,7 @@ def retry_message(
 
 def dead_letter_message(delivery: Delivery, verdict: Verdict, consumer: str) -> Properties:
     """Properties for the copy parked in ``<queue>.dlq``: the error headers added."""
-    headers = {**delivery.headers, **_origin(delivery), **_identity(delivery)}
+    headers = {**plain(delivery.headers), **_origin(delivery), **_identity(delivery)}
     headers.update(
         {
             "x-error-type": verdict.error_type,

@@ -16,9 +16,10 @@ from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_not_exception_type, stop_after_attempt, wait_fixed
 
-from framework.consumer import Consumer, Context, text
+from framework.consumer import Consumer, Context
 from framework.errors import KaninError, Reject, Retry
 from framework.events import DecodeError, Event
+from framework.headers import integer, text
 from framework.idempotency import IdempotencyStore, Status, StoreUnavailable, scoped_key
 from framework.metrics import Histogram
 from framework.publisher import Publisher
@@ -49,20 +50,8 @@ class Stats:
         return ", ".join(f"{f.name} {getattr(self, f.name)}" for f in fields(self))
 
 
-def header_int(value: Any) -> int | None:
-    """An integer header as foreign clients may send it (int, str or bytes); else None."""
-    if value is None or type(value) is int:
-        return value
-    if isinstance(value, bytes):
-        value = value.decode(errors="replace")
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def attempt_of(headers: dict[str, Any]) -> int:
-    return max(1, header_int(headers.get("x-attempt")) or 1)
+    return max(1, integer(headers.get("x-attempt")) or 1)
 
 
 class Runner:
@@ -206,7 +195,7 @@ class Runner:
             raise DecodeError(
                 f"{self.name} has no handler for {what} (it handles {known})", "UnknownEventType"
             )
-        version = header_int(delivery.headers.get("x-event-version")) or None
+        version = integer(delivery.headers.get("x-event-version")) or None
         return cls.from_json(delivery.body, version)
 
     def context(self, delivery: Delivery, attempt: int) -> Context:

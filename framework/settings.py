@@ -94,6 +94,17 @@ class Settings(BaseSettings):
             )
         return url
 
+    @field_validator("management_url", mode="before")
+    @classmethod
+    def _check_management_url(cls, url: object) -> object:
+        if isinstance(url, str):
+            if not url.strip():
+                return None  # KANIN_MANAGEMENT_URL= (empty) means: not set
+            if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+                safe = str(BrokerUrl.parse(url)) if "@" in url else url
+                raise ValueError(f"must be an http:// or https:// URL, got {safe!r}")
+        return url
+
     @model_validator(mode="after")
     def _split_password(self) -> Settings:
         url, password = strip_password(self.broker_url)

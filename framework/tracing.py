@@ -39,21 +39,18 @@ from opentelemetry.trace import (
 from opentelemetry.util.types import AttributeValue
 
 from framework.errors import ConfigError
+from framework.headers import text
 from framework.spans import is_w3c_default, lean_tracer, link
 
 _OFF: AbstractContextManager[None] = nullcontext()
 
 
 class _HeaderGetter(Getter[Mapping[str, Any]]):
-    """Reads W3C headers as any AMQP client sent them: ``str``, or ``bytes`` to decode."""
+    """Reads W3C headers as any AMQP client sent them: text, or bytes to decode."""
 
     def get(self, carrier: Mapping[str, Any], key: str) -> list[str] | None:
-        value = carrier.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bytes | bytearray):
-            value = value.decode("utf-8", errors="replace")
-        return [str(value)]
+        value = text(carrier.get(key))
+        return None if value is None else [value]
 
     def keys(self, carrier: Mapping[str, Any]) -> list[str]:
         return list(carrier)
@@ -159,10 +156,10 @@ class Tracing:
         if textmap is not self._textmap:
             self._textmap, self._w3c = textmap, is_w3c_default(textmap, self.fast)
         if self._w3c and "tracestate" not in headers and "baggage" not in headers:
-            value = headers.get("traceparent")
+            value = text(headers.get("traceparent"))
             if value is None:
                 return otel_context.Context(), INVALID_SPAN_CONTEXT
-            match = _TRACEPARENT.fullmatch(value) if type(value) is str else None
+            match = _TRACEPARENT.fullmatch(value)
             if match is not None and match[1] != _ZERO_TRACE and match[2] != _ZERO_SPAN:
                 remote = SpanContext(
                     int(match[1], 16),

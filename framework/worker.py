@@ -39,10 +39,11 @@ log = logging.getLogger("kanin.worker")
 
 def queue_specs(consumers: Sequence[type[Consumer]], topology: Topology | None) -> Topology:
     """The topology the worker needs: the file's, with each consumer's queue and its
-    ``RetryPolicy`` (which overrides the file's ``retry:``); queues the file lacks are added."""
+    ``RetryPolicy`` (which overrides the file's ``retry:``); queues the file lacks are added.
+    Each override and addition is recorded as coming from the consumer class."""
     base = topology or Topology()
     by_name = {q.name: q for q in base.queues}
-    chosen: dict[str, tuple[QueueSpec, str]] = {}
+    chosen: dict[str, tuple[QueueSpec, str, bool]] = {}  # spec, class, retry from the class
     for cls in consumers:
         cls.event_classes()  # a consumer that cannot work is a ConfigError now, not later
         spec = by_name.get(cls.queue) or QueueSpec(name=cls.queue)
@@ -54,10 +55,18 @@ def queue_specs(consumers: Sequence[type[Consumer]], topology: Topology | None) 
                 f"{cls.consumer_name()} and {previous[1]} consume {cls.queue!r} "
                 "with different retry policies"
             )
-        chosen[cls.queue] = (spec, cls.consumer_name())
-    queues = [chosen.pop(q.name)[0] if q.name in chosen else q for q in base.queues]
-    queues += [spec for spec, _ in chosen.values()]
-    return base.model_copy(update={"queues": queues})
+        chosen[cls.queue] = (spec, cls.consumer_name(), cls.retry is not None)
+    queues = [chosen[q.name][0] if q.name in chosen else q for q in base.queues]
+    queues += [spec for name, (spec, _, _) in chosen.items() if name not in by_name]
+    sources = {}
+    for i, queue in enumerate(queues):
+        if queue.name in chosen:
+            _, owner, own_retry = chosen[queue.name]
+            if queue.name not in by_name:
+                sources[f"queues[{i}]"] = f"{owner}.queue (not in the topology file)"
+            if own_retry:
+                sources[f"queues[{i}].retry"] = f"{owner}.retry"
+    return base.model_copy(update={"queues": queues}).with_sources(sources)
 
 
 class Worker:
@@ -70,7 +79,6 @@ class Worker:
         *,
         topology: Topology | None = None,
         declare: bool = True,
-        topology_file: str = "",
         tracer_provider: TracerProvider | None = None,
         transport: Transport | None = None,
     ) -> None:
@@ -78,7 +86,6 @@ class Worker:
             raise ConfigError("no consumer classes to run")
         self.settings = settings
         self.topology = queue_specs(consumers, topology)
-        self.topology_file = topology_file or str(settings.topology)
         specs = {q.name: q for q in self.topology.queues}
         self.declare = declare
         self.transport = transport or open_transport(settings, settings.service_name)
@@ -173,7 +180,7 @@ class Worker:
     async def _prepare_topology(self) -> None:
         decls = expand(self.topology)
         if self.declare:
-            result = await Declarer(self.transport, self.settings, self.topology_file).apply(decls)
+            result = await Declarer(self.transport, self.settings, self.topology).apply(decls)
             log.info(
                 "topology declared: %d created, %d already there",
                 result.created,

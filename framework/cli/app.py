@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version as package_version
@@ -35,16 +36,20 @@ BrokerOpt = Annotated[
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment and ``.env``; errors never echo the values given."""
+    """Settings from the flags given (``overrides``), the environment and ``.env``. An
+    invalid value is one line naming its flag or variable and the reason; secrets in the
+    value are never echoed."""
+    given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**given)
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            name = "KANIN_" + "_".join(str(p) for p in error["loc"]).upper()
+            field = "_".join(str(p) for p in error["loc"])
+            name = "--" + field.replace("_", "-") if field in given else f"KANIN_{field.upper()}"
             message = str(error["msg"]).removeprefix("Value error, ")
             lines.append(f"{name}: {message}" if error["loc"] else message)
-        raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from None
+        raise ConfigError("; ".join(lines)) from None
 
 
 def server_settings(command: str, **overrides: Any) -> Settings:
@@ -69,8 +74,8 @@ def reported(quiet_client: bool = True) -> Iterator[None]:
     except TopologyError as exc:
         for problem in exc.problems:
             typer.echo(str(problem), err=True)
-        count = len(exc.problems)
-        typer.echo(f"invalid topology: {count} problem{'s' if count > 1 else ''}", err=True)
+        if len(exc.problems) > 1:
+            typer.echo(f"invalid topology: {len(exc.problems)} problems", err=True)
         raise typer.Exit(exc.exit_code) from None
     except KaninError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -96,4 +101,18 @@ def _root(
 
 
 def main() -> None:
-    app()
+    """The console script. A command line the parser refuses (an unknown flag, a bad value)
+    is one line on stderr and exit 2, like kanin's own errors."""
+    try:
+        code = app(standalone_mode=False)
+    except Exception as exc:
+        # the parser's errors (click's, or typer's own copy of them) carry these two
+        if not (hasattr(exc, "exit_code") and hasattr(exc, "format_message")):
+            raise
+        if type(exc).__name__ != "NoArgsIsHelpError":  # that one printed the help already
+            context = getattr(exc, "ctx", None)
+            hint = f" (see '{context.command_path} --help')" if context is not None else ""
+            message = str(exc.format_message()).replace("Value error, ", "")
+            typer.echo(f"error: {' '.join(message.split())}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

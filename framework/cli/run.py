@@ -7,22 +7,36 @@ import logging
 import multiprocessing
 import os
 import signal
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from framework.cli.app import BrokerOpt, app, load_settings, reported
+from framework.cli.guards import check_idempotency, topology_for
 from framework.consumer import Consumer
 from framework.errors import KaninError
 from framework.loading import load_consumers
 from framework.logs import configure as configure_logging
 from framework.settings import Settings
-from framework.topology import Topology, load_topology
+from framework.topology import Topology
 from framework.tracing import provider_from_env
 from framework.worker import Worker, queue_specs
 
 log = logging.getLogger("kanin.run")
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
 
 
 async def _watch_parent(parent: int, worker: Worker) -> None:
@@ -50,7 +64,6 @@ def run_worker(
     settings: Settings,
     topology: Topology | None,
     declare: bool,
-    topology_file: str,
     trace_console: bool = False,
     parent: int | None = None,
 ) -> None:
@@ -67,7 +80,6 @@ def run_worker(
             settings,
             topology=topology,
             declare=declare,
-            topology_file=topology_file,
             tracer_provider=provider,
         )
         await _serve(worker, parent)
@@ -158,11 +170,15 @@ def run(
     trace_console: Annotated[
         bool, typer.Option("--trace-console", help="Also print every span to stdout.")
     ] = False,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    log_level: Annotated[
+        LogLevel, typer.Option(case_sensitive=False, help="Lines logged from this level on.")
+    ] = LogLevel.INFO,
     log_format: Annotated[
-        str | None,
+        LogFormat | None,
         typer.Option(
-            help="text or json. Default: $KANIN_LOG_FORMAT, else text.", show_default=False
+            case_sensitive=False,
+            help="Default: $KANIN_LOG_FORMAT, else text.",
+            show_default=False,
         ),
     ] = None,
 ) -> None:
@@ -171,7 +187,7 @@ def run(
     Tracing follows the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, ...); see docs/tracing.md.
     """
-    configure_logging(log_level, "text")
+    configure_logging(log_level.value, "text")
     with reported(quiet_client=False):
         settings = load_settings(
             broker_url=broker_url,
@@ -180,18 +196,14 @@ def run(
             concurrency=concurrency,
             topology=topology,
             http_port=http_port,
-            log_format=log_format,
+            log_format=log_format.value if log_format is not None else None,
         )
-        configure_logging(log_level, settings.log_format)
+        configure_logging(log_level.value, settings.log_format)
         consumers = load_consumers(targets)
-        path = settings.topology
-        loaded: Topology | None = None
-        if topology is not None or path.exists():
-            loaded = load_topology(path)
-        else:
-            log.info("no topology file at %s: declaring only the consumers' queues", path)
+        loaded = topology_for(settings, consumers, topology)
         queue_specs(consumers, loaded)  # unusable consumer classes: exit 2 before forking
-        args = (loaded, not no_declare, str(path), trace_console)
+        check_idempotency(settings, consumers, processes)
+        args = (loaded, not no_declare, trace_console)
         if processes == 1:
             run_worker(consumers, settings, *args)
             return

@@ -22,7 +22,8 @@ from framework.topology.diff import (
     exchange_differences,
     queue_differences,
 )
-from framework.topology.expand import BindingDecl, Declarations, ExchangeDecl, QueueDecl
+from framework.topology.expand import BindingDecl, Declarations, ExchangeDecl, QueueDecl, expand
+from framework.topology.model import Topology
 from framework.transport import Transport, open_transport
 
 Echo = Callable[[str], None]
@@ -42,10 +43,10 @@ class Declarer:
     """Declares ``Declarations`` on ``transport``; ``echo`` gets a line per object."""
 
     def __init__(
-        self, transport: Transport, settings: Settings, file: str, echo: Echo = log.debug
+        self, transport: Transport, settings: Settings, topology: Topology, echo: Echo = log.debug
     ) -> None:
         self.transport = transport
-        self.file = file
+        self.topology = topology  # where each object's values came from
         self.echo = echo
         self.management = Management.for_settings(settings)
         self.result = ApplyResult()
@@ -116,18 +117,19 @@ class Declarer:
                 diffs = []
         name = decl.name if isinstance(decl, ExchangeDecl | QueueDecl) else ""
         if diffs:
-            return [describe_difference(kind, name, d, self.file) for d in diffs]
+            where = self.topology.source(decl.origin)
+            return [describe_difference(kind, name, d, where) for d in diffs]
         return [f"{decl.describe()}: refused by the broker: {exc.reply}"]
 
 
-def apply_topology(decls: Declarations, settings: Settings, file: str, echo: Echo) -> ApplyResult:
-    """Declare ``decls``; raise ``TopologyConflict`` or ``BrokerError`` after reporting all."""
+def apply_topology(topology: Topology, settings: Settings, echo: Echo) -> ApplyResult:
+    """Declare ``topology``; raise ``TopologyConflict`` or ``BrokerError`` after reporting all."""
 
     async def run() -> ApplyResult:
         transport = open_transport(settings, f"{settings.service_name}-topology")
         try:
             await transport.connect(0)
-            return await Declarer(transport, settings, file, echo).apply(decls)
+            return await Declarer(transport, settings, topology, echo).apply(expand(topology))
         finally:
             await transport.close()
 

@@ -85,10 +85,12 @@ def _step(decl: Decl, differences: list[Difference] | None) -> Step:
     return Step("differs" if differences else "exists", decl, tuple(differences))
 
 
-def describe_difference(kind: str, name: str, diff: Difference, file: str) -> str:
+def describe_difference(kind: str, name: str, diff: Difference, where: str) -> str:
+    """One line: the argument, the broker's value, and the wanted value with where it came
+    from (``config/topology.yaml:12``, a consumer class attribute)."""
     return (
         f"{kind} {name!r}: {diff.argument} is {_show(diff.broker)} on the broker "
-        f"but {_show(diff.file)} in {file}"
+        f"but {_show(diff.file)} in {where}"
     )
 
 

@@ -194,4 +194,8 @@ def parse_topology(text: str, file: str, env: Mapping[str, str]) -> Topology:
         raise TopologyError(
             [Problem(file, *_locate(reader.marks, loc), format_loc(loc), r) for loc, r in cross]
         )
-    return topology
+    sources = {"": file}
+    for loc, (line, _) in reader.marks.items():
+        if len(loc) in (2, 3) and loc[0] in ("exchanges", "queues", "bindings"):
+            sources[format_loc(loc)] = f"{file}:{line}"
+    return topology.with_sources(sources)

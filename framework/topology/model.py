@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from framework.retry import RetryPolicy
 from framework.units import Duration, to_millis
@@ -200,3 +200,22 @@ class Topology(_Spec):
     exchanges: list[ExchangeSpec] = Field(default_factory=list)
     queues: list[QueueSpec] = Field(default_factory=list)
     bindings: list[BindingSpec] = Field(default_factory=list)
+    # where each object was declared, by path ("queues[2]", "queues[2].retry"): file:line,
+    # or the consumer class attribute it came from; "" is the fallback
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def source(self, origin: str) -> str:
+        """Where the object at ``origin`` got its values, for error messages: the file and
+        line, or a consumer class attribute."""
+        path = origin
+        while path:
+            if path in self._sources:
+                return self._sources[path]
+            path = path.rpartition(".")[0]
+        return self._sources.get("", "the consumer classes")
+
+    def with_sources(self, sources: dict[str, str]) -> Topology:
+        """A copy whose objects at the given paths are said to come from elsewhere."""
+        copy = self.model_copy()
+        copy._sources = {**self._sources, **sources}
+        return copy

@@ -34,12 +34,18 @@ def test_tls_ports_and_ipv6_literals() -> None:
         ("amqp:///vhost", "names no host"),
     ],
 )
-def test_a_bad_host_list_is_a_clear_settings_error(url: str, reason: str) -> None:
+def test_a_bad_host_list_is_a_clear_settings_error(
+    url: str, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(ConfigError) as error:
-        load_settings(broker_url=url)
+        load_settings(broker_url=url)  # as from --broker-url
     message = str(error.value)
-    assert "KANIN_BROKER_URL" in message and reason in message
+    assert message.startswith("--broker-url: ") and reason in message
     assert ":p@" not in message
+    monkeypatch.setenv("KANIN_BROKER_URL", url)
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert str(error.value).startswith("KANIN_BROKER_URL: ")
 
 
 def test_settings_keep_every_host_and_take_the_first_for_the_management_api() -> None:

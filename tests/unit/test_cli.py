@@ -53,7 +53,7 @@ def test_invalid_file_exits_2_with_file_line_and_reason(tmp_path: Path) -> None:
     result = kanin("topology", "validate", str(bad))
     assert result.returncode == 2
     assert f"{bad}:4:7: queues[0].retry.attempts: Input should be a valid integer" in result.stderr
-    assert "invalid topology: 1 problem" in result.stderr
+    assert "invalid topology" not in result.stderr  # one problem: one line
     assert "Traceback" not in result.stderr
 
 
