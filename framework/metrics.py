@@ -70,6 +70,8 @@ class WorkerCollector(Collector):
         self.worker = worker
 
     def collect(self) -> Iterator[Metric]:
+        # Runs on the probe server's thread: it only reads the worker's counters, and
+        # copies each dict before iterating it.
         worker = self.worker
         labels = ["queue", "consumer"]
         for field in fields(worker.runners[0].stats):
@@ -93,9 +95,11 @@ class WorkerCollector(Collector):
         yield in_flight
         publisher = worker.publisher
         yield _by_exchange(
-            "kanin_published", "Messages published and confirmed.", publisher.published
+            "kanin_published", "Messages published and confirmed.", dict(publisher.published)
         )
-        yield _by_exchange("kanin_publish_failures", "Publishes that failed.", publisher.failures)
+        yield _by_exchange(
+            "kanin_publish_failures", "Publishes that failed.", dict(publisher.failures)
+        )
         confirms = HistogramMetricFamily(
             "kanin_publish_confirm_seconds", "Time from publish to the broker's confirm."
         )
@@ -104,6 +108,11 @@ class WorkerCollector(Collector):
         yield confirms
         yield CounterMetricFamily(
             "kanin_reconnects", "Reconnections after a lost connection.", value=worker.reconnects
+        )
+        yield GaugeMetricFamily(
+            "kanin_event_loop_lag_seconds",
+            "How late the event loop turns: a handler running blocking code holds it.",
+            value=worker.loop_watch.current(),
         )
         transport = worker.transport
         yield GaugeMetricFamily(

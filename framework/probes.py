@@ -1,14 +1,16 @@
 """A worker's HTTP endpoints: ``/metrics``, ``/healthz`` (alive), ``/readyz`` (consuming).
 
-A deliberately small HTTP/1.0 server on asyncio: one GET per connection, no keep-alive,
-nothing to install. It runs in the worker's event loop, so ``/healthz`` answering means
-the loop is not blocked.
+Served from a thread of its own (``http.server``, nothing to install), so the probes
+answer even while a handler blocks the event loop: ``/healthz`` then says for how long
+and by whom, and turns 503 once that passes ``KANIN_HEALTHZ_MAX_LAG``, so a liveness
+probe restarts a worker whose loop never comes back.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,7 +21,6 @@ if TYPE_CHECKING:
     from framework.worker import Worker
 
 log = logging.getLogger("kanin.probes")
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
 
 class ProbeServer:
@@ -30,27 +31,48 @@ class ProbeServer:
         self.host = host
         self.port = port
         self.registry = registry(worker)
-        self._server: asyncio.Server | None = None
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]  # the real one, if 0 was asked
+        probes = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, kind, body = probes.respond(self.path)
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_HEAD = do_GET
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # a probe every few seconds is not worth a log line
+
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]  # the real one, if 0 was asked
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="kanin-probes", daemon=True
+        )
+        self._thread.start()
         log.info("probes and metrics on http://%s:%d/ (metrics, healthz, readyz)",
                  self.host, self.port)  # fmt: skip
 
     async def close(self) -> None:
         if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+            self._server.shutdown()
+            self._server.server_close()
 
-    def respond(self, method: str, path: str) -> tuple[int, str, bytes]:
+    def respond(self, path: str) -> tuple[int, str, bytes]:
         path = path.split("?", 1)[0]
-        if method not in ("GET", "HEAD"):
-            return 405, "text/plain", b"GET only\n"
         if path == "/metrics":
             return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
         if path == "/healthz":
-            return 200, "text/plain", b"ok\n"
+            return self.health()
         if path == "/readyz":
             problems = self.worker.unready()
             if problems:
@@ -58,18 +80,11 @@ class ProbeServer:
             return 200, "text/plain", b"ready\n"
         return 404, "text/plain", b"not found: try /metrics, /healthz or /readyz\n"
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            method, path, *_ = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
-            status, kind, body = self.respond(method, path)
-            head = (
-                f"HTTP/1.0 {status} {_REASONS[status]}\r\nContent-Type: {kind}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            )
-            writer.write(head.encode() + (b"" if method == "HEAD" else body))
-            await writer.drain()
-        except (TimeoutError, ValueError, asyncio.IncompleteReadError, ConnectionError):
-            pass  # a client that hung up or spoke nonsense gets nothing
-        finally:
-            writer.close()
+    def health(self) -> tuple[int, str, bytes]:
+        watch = self.worker.loop_watch
+        blocked = watch.blocked_for()
+        if blocked >= watch.threshold:
+            line = f"event loop blocked for {blocked:.1f}s by {watch.holder or 'unknown code'}"
+            status = 503 if blocked >= self.worker.settings.healthz_max_lag else 200
+            return status, "text/plain", f"{line}\n".encode()
+        return 200, "text/plain", f"ok\nevent loop lag {watch.current():.3f}s\n".encode()

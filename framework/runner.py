@@ -21,6 +21,7 @@ from framework.errors import KaninError, Reject, Retry
 from framework.events import DecodeError, Event
 from framework.headers import integer, text
 from framework.idempotency import IdempotencyStore, Status, StoreUnavailable, scoped_key
+from framework.logs import FLOW
 from framework.metrics import Histogram
 from framework.publisher import Publisher
 from framework.recovery import Verdict, classify, dead_letter_message, retry_message
@@ -97,7 +98,10 @@ class Runner:
         task = asyncio.current_task()
         assert task is not None  # every transport runs each delivery in a task of its own
         self.in_flight.add(task)
-        attempt = attempt_of(delivery.headers)
+        headers, properties = delivery.headers, delivery.properties
+        attempt = attempt_of(headers)
+        identity = text(headers.get("x-idempotency-key")) or text(properties.message_id) or "-"
+        flow = FLOW.set((text(properties.correlation_id) or identity, identity))
         try:
             if self.limit is None:
                 with self.tracing.process(delivery, self.queue, attempt):
@@ -112,6 +116,7 @@ class Runner:
                 self.stats.returned += 1
             raise
         finally:
+            FLOW.reset(flow)
             self.in_flight.discard(task)
 
     async def process(self, delivery: Delivery, attempt: int) -> None:

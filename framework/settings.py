@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(
         30.0, ge=0, description="seconds in-flight handlers get to finish on SIGTERM"
     )
+    loop_lag_threshold: float = Field(
+        0.5, gt=0, description="seconds a handler may hold the event loop before a warning"
+    )
+    healthz_max_lag: float = Field(
+        60.0, gt=0, description="seconds the event loop may be blocked before /healthz is 503"
+    )
     http_port: int | None = Field(
         None, ge=0, le=65535, description="port of /metrics, /healthz and /readyz; unset: none"
     )

@@ -24,6 +24,7 @@ from opentelemetry.trace import TracerProvider
 from framework.consumer import Consumer
 from framework.errors import BrokerError, ConfigError, KaninError
 from framework.idempotency import IdempotencyStore, open_store
+from framework.lag import LoopWatch
 from framework.probes import ProbeServer
 from framework.publisher import Publisher
 from framework.runner import Runner
@@ -108,6 +109,7 @@ class Worker:
         self._started = False
         self._stopping = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
+        self.loop_watch = LoopWatch(settings.loop_lag_threshold)
         self.probes = (
             ProbeServer(self, settings.http_port) if settings.http_port is not None else None
         )
@@ -152,6 +154,7 @@ class Worker:
             await self.shutdown()
 
     async def start(self) -> None:
+        self.loop_watch.start()
         if self.probes is not None:  # /healthz answers while the worker connects
             await self.probes.start()
         for runner in self.runners:
@@ -261,5 +264,6 @@ class Worker:
                 await store.close()
         if self.probes is not None:
             await self.probes.close()
+        await self.loop_watch.stop()
         for runner in self.runners:
             log.info("%s on %s: %s", runner.name, runner.queue, runner.stats)

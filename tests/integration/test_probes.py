@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -63,7 +66,8 @@ async def test_readyz_follows_the_connection_and_healthz_stays_up(
         topology=Topology(queues=[QueueSpec(name=Idle.queue)]),
     )
     async with serving(worker) as port:
-        assert await fetch(port, "/healthz") == (200, "ok\n")
+        status, body = await fetch(port, "/healthz")
+        assert status == 200 and body.startswith("ok\nevent loop lag 0.")
         assert await fetch(port, "/readyz") == (200, "ready\n")
         assert (await fetch(port, "/nothing"))[0] == 404
 
@@ -147,3 +151,56 @@ async def test_metrics_match_the_brokers_counts_with_retries_and_dead_letters(
         return seen == expected
 
     await eventually(agrees, within=30, what=f"broker counts {seen} == {expected}")
+
+
+async def test_a_handler_that_blocks_the_loop_is_named_and_healthz_still_answers(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Blocking(Consumer):
+        queue = f"{prefix}.work"
+        timeout = 1  # cannot cut off blocking code: timeouts run on the loop
+
+        async def handle(self, event: Job, ctx: Context) -> None:
+            time.sleep(3)  # noqa: ASYNC251 - the mistake under test
+
+    worker = Worker(
+        [Blocking],
+        settings(http_port=0, loop_lag_threshold=0.5, healthz_max_lag=2.0),
+        topology=Topology(queues=[QueueSpec(name=Blocking.queue)]),
+    )
+    answers: list[tuple[float, int, str]] = []
+    polling = threading.Event()
+
+    def poll(port: int) -> None:  # a liveness probe, from outside the worker's loop
+        while not polling.is_set():
+            began = time.monotonic()
+            status, body = get(port, "/healthz")
+            answers.append((time.monotonic() - began, status, body))
+            time.sleep(0.2)
+
+    with caplog.at_level(logging.WARNING, logger="kanin.worker"):
+        async with serving(worker) as port:
+            prober = threading.Thread(target=poll, args=(port,), daemon=True)
+            prober.start()
+            async with Publisher(settings()) as publisher:
+                await publisher.publish(Job(n=1), exchange="", routing_key=Blocking.queue)
+            await eventually(lambda: worker.runners[0].stats.received == 1, what="received")
+            await asyncio.sleep(0.1)  # the handler has the loop now; this returns after it
+            await eventually(lambda: any("was blocked" in r.message for r in caplog.records))
+            metrics = samples((await fetch(port, "/metrics"))[1])
+            polling.set()
+            prober.join(5)
+    where = f"{Blocking.consumer_name()}.handle (" + __file__
+    blocked = [body for _, status, body in answers if body.startswith("event loop blocked")]
+    assert blocked and all(where in body for body in blocked), answers
+    for _, status, body in answers:
+        if body.startswith("event loop blocked for "):
+            shown = float(body.split()[4].removesuffix("s"))  # to 0.1 s: 2.0 may be 1.95
+            assert status == (503 if shown > 2.0 else 200) or shown == 2.0, body
+    assert any(status == 503 for _, status, _ in answers), "never unhealthy past the limit"
+    assert max(took for took, _, _ in answers) < 1.0, "/healthz waited for the loop"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("event loop is blocked" in w and where in w for w in warnings), warnings
+    (after,) = [w for w in warnings if w.startswith("the event loop was blocked for ")]
+    assert 2.5 <= float(after.split()[6].removesuffix("s")) < 4 and where in after, after
+    assert metrics[("kanin_event_loop_lag_seconds", ())] < 0.5  # back to normal
