@@ -106,6 +106,7 @@ class Worker:
             for cls in consumers
         ]
         self.channels: list[ConsumerChannel | None] = [None] * len(self.runners)
+        self._cancelled: set[int] = set()  # consumers the broker cancelled, not back yet
         self._started = False
         self._stopping = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
@@ -134,9 +135,11 @@ class Worker:
         if not self._started or not self.transport.connected:
             return ["not connected to the broker"]
         problems = []
-        for runner, channel in zip(self.runners, self.channels, strict=True):
+        for index, (runner, channel) in enumerate(zip(self.runners, self.channels, strict=True)):
             if channel is None or not channel.is_open:
-                cancelled = channel is not None and channel.cancelled.done()
+                cancelled = index in self._cancelled or (
+                    channel is not None and channel.cancelled.done()
+                )
                 what = "cancelled by the broker" if cancelled else "lost"
                 problems.append(f"consumer of {runner.queue} {what}")
         if self.transport.blocked:
@@ -220,10 +223,13 @@ class Worker:
                 runner, old = self.runners[index], self.channels[index]
                 if old is not None:
                     self.channels[index] = None
+                    if old.cancelled.done():
+                        self._cancelled.add(index)
                     await old.close()
                     log.warning("consumer of %s lost; consuming again", runner.queue)
                 try:
                     self.channels[index] = await self._consume(runner)
+                    self._cancelled.discard(index)
                     log.info("consumer of %s consuming again", runner.queue)
                 except KaninError as exc:
                     log.warning("consuming %s again failed (%s); next try in %.1fs",

@@ -73,7 +73,7 @@ def reported(quiet_client: bool = True) -> Iterator[None]:
         yield
     except TopologyError as exc:
         for problem in exc.problems:
-            typer.echo(str(problem), err=True)
+            typer.echo(f"error: {problem}", err=True)
         if len(exc.problems) > 1:
             typer.echo(f"invalid topology: {len(exc.problems)} problems", err=True)
         raise typer.Exit(exc.exit_code) from None

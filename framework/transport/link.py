@@ -141,7 +141,13 @@ class Link:
                 client_properties={"connection_name": self.name},
             )
         except CHANNEL_GONE as exc:
-            self.last_error = f"{host}: {reason(exc, self.settings)}"
+            why = reason(exc, self.settings)
+            if "got <Connection.Close" in why:  # aiormq's words for a refused Connection.Open
+                why = (
+                    f"the broker refused to open vhost {self.settings.vhost!r} (it does not "
+                    "exist, or the user has no permission on it)"
+                )
+            self.last_error = f"{host}: {why}"
             log.debug("connection %s: %s", self.name, self.last_error)
             return False
         finally:

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,7 +19,13 @@ from framework import Consumer, Context, Publisher, RetryPolicy, Worker
 from framework.topology import QueueSpec, Topology
 from tests.conftest import BrokerAdmin
 from tests.integration.apps.slow import Job
-from tests.integration.worker_kit import close_connections_soon, eventually, settings, started
+from tests.integration.worker_kit import (
+    amqp,
+    close_connections_soon,
+    eventually,
+    settings,
+    started,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -89,6 +96,70 @@ async def test_readyz_follows_the_connection_and_healthz_stays_up(
         metrics = samples((await fetch(port, "/metrics"))[1])
         assert metrics[("kanin_reconnects_total", ())] == 1
         assert metrics[("kanin_ready", ())] == 1
+
+
+async def test_readyz_names_a_consumer_whose_queue_was_deleted(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Idle(Consumer):
+        queue = f"{prefix}.idle"
+
+        async def handle(self, event: Job, ctx: Context) -> None:
+            pass
+
+    worker = Worker(
+        [Idle], settings(http_port=0), topology=Topology(queues=[QueueSpec(name=Idle.queue)])
+    )
+    async with serving(worker) as port:
+        async with amqp() as channel:
+            await channel.queue_delete(Idle.queue)
+        expected = (503, f"consumer of {Idle.queue} cancelled by the broker\n")
+        await eventually_async(lambda: fetch(port, "/readyz"), expected)
+        await asyncio.sleep(1.5)  # a few tries to consume again have failed meanwhile
+        assert await fetch(port, "/readyz") == expected
+        assert worker.transport.connected
+        async with amqp() as channel:  # the queue is back: the consumer with it
+            await channel.declare_queue(Idle.queue, durable=True, arguments={
+                "x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{Idle.queue}.dlq"})  # fmt: skip
+        await eventually_async(lambda: fetch(port, "/readyz"), (200, "ready\n"), within=15)
+
+
+async def eventually_async(read: Any, expected: object, within: float = 10.0) -> None:
+    got = None
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        got = await read()
+        if got == expected:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{got!r}, not {expected!r}, within {within}s")
+
+
+async def test_a_connection_the_broker_closes_is_one_log_line(
+    prefix: str, admin: BrokerAdmin, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Idle(Consumer):
+        queue = f"{prefix}.idle"
+
+        async def handle(self, event: Job, ctx: Context) -> None:
+            pass
+
+    service = f"{prefix}-svc"
+    topology = Topology(queues=[QueueSpec(name=Idle.queue)])
+    worker = Worker([Idle], settings(service_name=service), topology=topology)
+    with caplog.at_level(logging.DEBUG):
+        async with started(worker):
+            assert await close_connections_soon(admin, service) == 1
+            await eventually(lambda: worker.reconnects == 1 and worker.ready, what="back")
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    lost = [r.getMessage() for r in lines if "lost" in r.getMessage()]
+    assert lost == [
+        f"connection {service} to {worker.transport.consuming.host} lost (CONNECTION_FORCED - "  # type: ignore[attr-defined]
+        "Closed via management plugin (320)); reconnecting",
+        f"consumer of {Idle.queue} lost; consuming again",
+    ], [r.getMessage() for r in lines]
+    assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
+    assert not [r for r in lines if r.name.startswith(("aiormq", "aio_pika"))]
 
 
 async def test_metrics_match_the_brokers_counts_with_retries_and_dead_letters(
