@@ -61,12 +61,14 @@ class Node:
             "RABBITMQ_PID_FILE": str(self.dir / "pid"),
             "RABBITMQ_DIST_PORT": str(25700 + self.index),
             "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "ERL_CRASH_DUMP": str(self.base / f"erl_crash_{self.index}.dump"),
         }
 
     def ctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(SBIN / "rabbitmqctl"), "-n", self.name, *args],
             env=self.env(),
+            cwd=self.base,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -96,6 +98,7 @@ class Node:
         subprocess.run(
             [str(SBIN / "rabbitmq-server"), "-detached"],
             env=self.env(),
+            cwd=self.base,
             check=True,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -118,11 +121,13 @@ class Node:
 
     def kill(self) -> None:
         """Stop the node's Erlang VM for good (what is left of an earlier run, too)."""
-        self.ctl("stop", timeout=60)
-        pid_file = self.dir / "pid"
-        if pid_file.exists():
-            with contextlib.suppress(ValueError, ProcessLookupError):
-                os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+        if (self.dir / "home").exists():
+            self.ctl("stop", timeout=60)
+        mark = f"RABBITMQ_NODENAME={self.name}".encode()
+        for pid in Path("/proc").iterdir():  # a VM whose directory is gone: by its name
+            with contextlib.suppress(OSError, ValueError):
+                if mark in (pid / "environ").read_bytes().split(b"\0"):
+                    os.kill(int(pid.name), signal.SIGKILL)
 
 
 class Cluster:

@@ -75,38 +75,38 @@ def cases(prefix: str, tmp: Path) -> list[Case]:
             2,
             ("KANIN_MANAGEMENT_URL", "http://"),
             {"KANIN_MANAGEMENT_URL": "nonsense"},
-        ),  # fmt: skip
+        ),
         Case(
             publish,
             2,
             ("KANIN_BROKER_PASSWORD_FILE", "/no/such/file"),
             {"KANIN_BROKER_PASSWORD_FILE": "/no/such/file"},
-        ),  # fmt: skip
+        ),
         Case(
             ("topology", "validate"),
             2,
             ("/no/such.yaml", "cannot read file"),
             {"KANIN_TOPOLOGY": "/no/such.yaml"},
-        ),  # fmt: skip
+        ),
         Case(
             run,
             2,
             ("topology file /no/such.yaml", "KANIN_TOPOLOGY"),
             {"KANIN_TOPOLOGY": "/no/such.yaml"},
-        ),  # fmt: skip
+        ),
         # files and targets
         Case(
             ("run", "tests.integration.apps.slow", "--topology", "/no/t.yaml"),
             2,
             ("/no/t.yaml", "--topology"),
-        ),  # fmt: skip
+        ),
         Case(("publish", "", "q", "--data", "@/no/body.json"), 2, ("--data @/no/body.json",)),
         Case(("publish", "", "q", "--data", "{oops"), 2, ("--data is not JSON",)),
         Case(("run", "broken_module"), 2, ("broken_module.NoQueue", "'queue'")),
         Case(("run", "sync_module"), 2, ("sync_module.Sync.handle", "async def", "to_thread")),
         Case(("run", "no.such.module"), 2, ("no module named 'no'",)),
         # the broker and its management API
-        Case(publish + ("--broker-url", NOWHERE), 1, ("cannot connect", "connection refused")),
+        Case((*publish, "--broker-url", NOWHERE), 1, ("cannot connect", "connection refused")),
         Case(("topology", "apply", good, "--broker-url", NOWHERE), 1, ("connection refused",)),
         Case(("topology", "plan", good, "--broker-url", NOWHERE), 1, ("connection refused",)),
         Case((*run, "--broker-url", NOWHERE), 1, ("cannot connect", "127.0.0.1:1")),
@@ -115,27 +115,27 @@ def cases(prefix: str, tmp: Path) -> list[Case]:
             1,
             ("management API", "127.0.0.1:1", "KANIN_MANAGEMENT_URL"),
             {"KANIN_MANAGEMENT_URL": "http://127.0.0.1:1/"},
-        ),  # fmt: skip
+        ),
         Case(
-            publish + ("--broker-url", f"amqp://guest:wrong-pw@{HOST}/"),
+            (*publish, "--broker-url", f"amqp://guest:wrong-pw@{HOST}/"),
             1,
             ("cannot connect", "ACCESS_REFUSED"),
-        ),  # fmt: skip
+        ),
         Case(
-            publish + ("--broker-url", f"amqp://guest:guest@{HOST}/{prefix}-novhost"),
+            (*publish, "--broker-url", f"amqp://guest:guest@{HOST}/{prefix}-novhost"),
             1,
             ("cannot connect", f"refused to open vhost '{prefix}-novhost'"),
-        ),  # fmt: skip
+        ),
         Case(
             ("publish", f"{prefix}.internal", "k", "--data", "{}"),
             1,
             (f"{prefix}.internal", "ACCESS_REFUSED", "internal"),
-        ),  # fmt: skip
+        ),
         Case(
             ("publish", f"{prefix}.absent", "k", "--data", "{}"),
             1,
             (f"{prefix}.absent", "NOT_FOUND"),
-        ),  # fmt: skip
+        ),
         Case(publish, 1, (f"{prefix}.in", "routed routing key", "NO_ROUTE")),
         Case(("publish", "", f"{prefix}.bound", "--data", f"@{body}", "--type", "x.y"), 0, ()),
     ]

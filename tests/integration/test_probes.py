@@ -119,8 +119,8 @@ async def test_readyz_names_a_consumer_whose_queue_was_deleted(
         assert await fetch(port, "/readyz") == expected
         assert worker.transport.connected
         async with amqp() as channel:  # the queue is back: the consumer with it
-            await channel.declare_queue(Idle.queue, durable=True, arguments={
-                "x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{Idle.queue}.dlq"})  # fmt: skip
+            dlx = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{Idle.queue}.dlq"}
+            await channel.declare_queue(Idle.queue, durable=True, arguments=dlx)
         await eventually_async(lambda: fetch(port, "/readyz"), (200, "ready\n"), within=15)
 
 
