@@ -6,6 +6,7 @@
         proxy.cut()                            # drop every connection now
         proxy.refuse()                         # new connections are refused ...
         await proxy.accept()                   # ... until it listens again
+        proxy.turn_away()                      # accepted and closed at once, until let_in()
         proxy.cut(mid_frame=True)              # the next bytes to the client arrive halved
 
 Only connections through the proxy suffer; the broker and everyone else's connections
@@ -32,6 +33,7 @@ class FaultProxy:
         for gate in self._gates.values():
             gate.set()
         self._halve_next = False
+        self._turn_away = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> FaultProxy:
@@ -75,6 +77,13 @@ class FaultProxy:
             writer.transport.abort()
         self._open.clear()
 
+    def turn_away(self) -> None:
+        """Accept new connections and close them at once (counted in ``accepted``)."""
+        self._turn_away = True
+
+    def let_in(self) -> None:
+        self._turn_away = False
+
     def stall(self, direction: Direction | None = None) -> None:
         """Hold the bytes going one way (or both), without closing anything."""
         for name, gate in self._gates.items():
@@ -87,6 +96,9 @@ class FaultProxy:
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        if self._turn_away:
+            client_w.transport.abort()
+            return
         try:
             broker_r, broker_w = await asyncio.open_connection(*self.upstream)
         except OSError:

@@ -105,6 +105,11 @@ def cases(prefix: str, tmp: Path) -> list[Case]:
         Case(("run", "broken_module"), 2, ("broken_module.NoQueue", "'queue'")),
         Case(("run", "sync_module"), 2, ("sync_module.Sync.handle", "async def", "to_thread")),
         Case(("run", "no.such.module"), 2, ("no module named 'no'",)),
+        Case(
+            (*run, "--processes", "2"),
+            2,
+            ("--processes 2", "memory://", "KANIN_IDEMPOTENCY_URL", "redis://", "off"),
+        ),
         # the broker and its management API
         Case((*publish, "--broker-url", NOWHERE), 1, ("cannot connect", "connection refused")),
         Case(("topology", "apply", good, "--broker-url", NOWHERE), 1, ("connection refused",)),
@@ -161,9 +166,14 @@ def run(case: Case, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KANIN_", "OTEL_"))}
     env.update({"KANIN_BROKER_URL": AMQP_URL, "PYTHONPATH": str(ROOT)}, **case.env)
     return subprocess.run(
-        [KANIN, *case.args], cwd=cwd, env=env, capture_output=True, text=True,
-        timeout=60, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        [KANIN, *case.args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_every_command_turns_bad_input_into_one_line(
@@ -194,3 +204,18 @@ def test_every_command_turns_bad_input_into_one_line(
         if trouble:
             wrong.append(f"{case}: {'; '.join(trouble)}\n    {result.stderr.strip()[-600:]}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_without_a_topology_file_kanin_run_says_which_consumers_run_without_retries(
+    tmp_path: Path,
+) -> None:
+    case = Case(
+        ("run", "tests.integration.apps.slow", "--wait-for-broker", "0", "--broker-url", NOWHERE),
+        1,
+        (),
+    )
+    result = run(case, tmp_path)  # no config/ here
+    assert result.returncode == 1, result.stderr
+    (warning,) = [line for line in result.stderr.splitlines() if "no topology file" in line]
+    assert f"no topology file at {tmp_path}/config/topology.yaml (the default" in warning
+    assert "tests.integration.apps.slow.SlowJob (kanin.test.slow) run with 1 attempt" in warning

@@ -73,8 +73,9 @@ async def test_a_node_going_away_mid_stream_loses_and_repeats_nothing(
         others = [n.host for n in cluster.nodes if n is not node]
         monkeypatch.setattr("framework.transport.amqp.random.shuffle", lambda order: None)
         url = f"amqp://guest:guest@{','.join([node.host, *others])}/"
-        publisher = Publisher(settings(broker_url=url, publish_timeout=20.0,
-                                       service_name=f"{prefix}-orders"))  # fmt: skip
+        publisher = Publisher(
+            settings(broker_url=url, publish_timeout=20.0, service_name=f"{prefix}-orders")
+        )
 
         async def publish_stream() -> None:
             async with publisher:
@@ -137,8 +138,9 @@ async def test_a_blocked_broker_blocks_publishing_not_acks_and_readyz_says_why(
             await channel.default_exchange.publish(
                 aio_pika.Message(Order(n=n).to_json(), type="test.order"), routing_key=queue
             )
-    config = settings(broker_url=url, http_port=0, publish_timeout=60.0,
-                      service_name=f"{prefix}-gated")  # fmt: skip
+    config = settings(
+        broker_url=url, http_port=0, publish_timeout=60.0, service_name=f"{prefix}-gated"
+    )
     specs = Topology(queues=[QueueSpec(name=queue, type="quorum", dead_letter=False)])
     worker = Worker([Gated], config, topology=specs)
     async with started(worker):
@@ -151,16 +153,22 @@ async def test_a_blocked_broker_blocks_publishing_not_acks_and_readyz_says_why(
             sending = asyncio.create_task(
                 worker.publisher.publish(Order(n=100), exchange="", routing_key=queue)
             )
-            await eventually(lambda: worker.transport.blocked is not None, within=20,
-                             what="the publishing connection blocked")  # fmt: skip
+            await eventually(
+                lambda: worker.transport.blocked is not None,
+                within=20,
+                what="the publishing connection blocked",
+            )
             status, body = await fetch(port, "/readyz")
             assert status == 503
             assert "publishing blocked by the broker: low on memory" in body, body
             metrics = samples((await fetch(port, "/metrics"))[1])
             assert metrics[("kanin_broker_blocked", ())] == 1
             gate.set()  # the handlers finish: their acks go out on the consuming connection
-            await eventually(lambda: worker.runners[0].stats.acked >= 31, within=20,
-                             what="acks sent while publishing is blocked")  # fmt: skip
+            await eventually(
+                lambda: worker.runners[0].stats.acked >= 31,
+                within=20,
+                what="acks sent while publishing is blocked",
+            )
             assert worker.transport.blocked is not None and not sending.done()
         finally:
             for node in cluster.nodes:

@@ -72,8 +72,7 @@ def test_every_block_is_run_or_says_why_not() -> None:
         for block in blocks(page):
             if "skip" in block.directives:
                 assert block.directives["skip"].strip(), f"{block}: skip needs a reason"
-            unknown = set(block.directives) - {"skip", "exit", "output", "file", "before",
-                                               "pytest"}  # fmt: skip
+            unknown = set(block.directives) - {"skip", "exit", "output", "file", "before", "pytest"}
             assert not unknown, f"{block}: unknown directives {unknown}"
 
 
@@ -96,8 +95,9 @@ class Page:
 
     def shown(self, output: str) -> str:
         """Output as the docs show it: this page's vhost read as the default one."""
-        return output.replace(self.url.replace("guest:guest@", "guest@"),
-                              "amqp://guest@127.0.0.1:5672/")  # fmt: skip
+        return output.replace(
+            self.url.replace("guest:guest@", "guest@"), "amqp://guest@127.0.0.1:5672/"
+        )
 
     def daemon(self, command: str, log: Path) -> subprocess.Popen[str]:
         """``[NAME=value ...] kanin run ...`` without a shell between, so SIGTERM reaches it."""
@@ -108,17 +108,29 @@ class Page:
             env[name] = value
         with log.open("w") as out:
             return subprocess.Popen(
-                words, cwd=self.work, env=env, text=True, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                words,
+                cwd=self.work,
+                env=env,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def shell(self, command: str, **options: Any) -> subprocess.Popen[str]:
         cwd = ROOT if command.startswith("make ") else self.work
         return subprocess.Popen(
-            ["bash", "-c", command], cwd=cwd, env=self.env, text=True,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True, **options,
-        )  # fmt: skip
+            ["bash", "-c", command],
+            cwd=cwd,
+            env=self.env,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **options,
+        )
 
 
 def commands(text: str) -> list[tuple[str, list[str]]]:

@@ -63,10 +63,11 @@ async def test_a_batch_cut_off_before_its_write_leaves_later_confirms_right(
             others = [await (await connection.channel()).get_underlay_channel() for _ in range(11)]
             proxy.stall("to_broker")
             blockers = [
-                asyncio.create_task(ch.basic_publish(b"x" * (32 << 20 if i == 0 else 10),
-                                                     routing_key=ok))
+                asyncio.create_task(
+                    ch.basic_publish(b"x" * (32 << 20 if i == 0 else 10), routing_key=ok)
+                )
                 for i, ch in enumerate(others)
-            ]  # fmt: skip
+            ]
             await eventually(lambda: raw.write_queue.full(), what="a full frame queue")
             batch = [message(ok, n) for n in (1, 2, 3)]
             if how == "cancelled":
@@ -117,8 +118,11 @@ class Spans:
         """Each span's name, kind, attributes (ids and tags left out) and parent's name."""
         spans: list[ReadableSpan] = list(self.exporter.get_finished_spans())
         names = {s.context.span_id: s.name for s in spans if s.context}
-        varying = {"messaging.message.id", "messaging.message.conversation_id",
-                   "messaging.rabbitmq.message.delivery_tag"}  # fmt: skip
+        varying = {
+            "messaging.message.id",
+            "messaging.message.conversation_id",
+            "messaging.rabbitmq.message.delivery_tag",
+        }
         shapes = [
             (
                 s.name,
@@ -144,8 +148,12 @@ async def run_flow(prefix: str, fast: bool) -> tuple[list[int], list[str], Worke
     Collect.queue = queue
     spans = Spans()
     config = settings(fast_paths=fast, service_name=f"{prefix}-{fast}")
-    worker = Worker([Collect], config, topology=Topology(queues=[QueueSpec(name=queue)]),
-                    tracer_provider=spans.provider)  # fmt: skip
+    worker = Worker(
+        [Collect],
+        config,
+        topology=Topology(queues=[QueueSpec(name=queue)]),
+        tracer_provider=spans.provider,
+    )
     async with started(worker):
         async with Publisher(config, tracer_provider=spans.provider) as publisher:
             ids = await publisher.publish_many(

@@ -22,7 +22,15 @@ from framework.idempotency import RedisStore, Status, scoped_key
 from framework.topology import QueueSpec, Topology
 from tests.conftest import AMQP_URL
 from tests.integration.apps.slow import Job
-from tests.integration.worker_kit import amqp, count, eventually, kill_tree, running, settings
+from tests.integration.worker_kit import (
+    EMPTY_TOPOLOGY,
+    amqp,
+    count,
+    eventually,
+    kill_tree,
+    running,
+    settings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -133,7 +141,7 @@ def start(prefix: str, log: Path, *args: str, **env: str) -> subprocess.Popen[st
         env={
             **os.environ,
             "KANIN_BROKER_URL": AMQP_URL,
-            "KANIN_TOPOLOGY": "does-not-exist.yaml",
+            "KANIN_TOPOLOGY": EMPTY_TOPOLOGY,
             "KANIN_TEST_QUEUE": f"{prefix}.jobs",
             "KANIN_TEST_LOG": str(log),
             "KANIN_IDEMPOTENCY_URL": REDIS,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from tests.conftest import AMQP_URL, BrokerAdmin
 from tests.integration.apps.slow import Job
 from tests.integration.faults import FaultProxy
 from tests.integration.worker_kit import (
+    EMPTY_TOPOLOGY,
     amqp,
     close_connections_soon,
     count,
@@ -45,12 +47,15 @@ def start(prefix: str, log: Path, *args: str, delay: float = 0.1) -> subprocess.
     env = {
         **os.environ,
         "KANIN_BROKER_URL": AMQP_URL,
-        "KANIN_TOPOLOGY": "does-not-exist.yaml",
+        "KANIN_TOPOLOGY": EMPTY_TOPOLOGY,
         "KANIN_TEST_QUEUE": f"{prefix}.jobs",
         "KANIN_TEST_LOG": str(log),
         "KANIN_TEST_DELAY": str(delay),
         "KANIN_SHUTDOWN_GRACE": "20",
     }
+    if "--processes" in args:  # several processes share their idempotency keys in Redis
+        env["KANIN_IDEMPOTENCY_URL"] = "redis://127.0.0.1:6379/0"
+        env["KANIN_IDEMPOTENCY_RETENTION"] = "300"
     return subprocess.Popen(
         [KANIN, "run", "tests.integration.apps.slow", *args],
         cwd=ROOT,
@@ -186,9 +191,20 @@ async def test_kanin_publish(prefix: str, tmp_path: Path) -> None:
         body = tmp_path / "order.json"
         body.write_text('{"n": 9}')
         result = await asyncio.to_thread(
-            kanin_publish, "", f"{prefix}.in", "--data", f"@{body}", "--type", "test.job",
-            "-H", "tenant=acme", "-H", "x-event-version=2", "--count", "3",
-        )  # fmt: skip
+            kanin_publish,
+            "",
+            f"{prefix}.in",
+            "--data",
+            f"@{body}",
+            "--type",
+            "test.job",
+            "-H",
+            "tenant=acme",
+            "-H",
+            "x-event-version=2",
+            "--count",
+            "3",
+        )
         assert result.returncode == 0, result.stderr
         assert f"published 3 messages to the default exchange [{prefix}.in]" in result.stdout
         messages = await drain(channel, f"{prefix}.in")
@@ -229,8 +245,8 @@ async def test_forked_workers_stop_when_their_parent_is_killed(prefix: str, tmp_
 
 
 async def test_reconnecting_to_a_deleted_queue_does_not_pile_up_connections(
-    prefix: str, admin
-) -> None:  # type: ignore[no-untyped-def]
+    prefix: str, admin: BrokerAdmin, caplog: pytest.LogCaptureFixture
+) -> None:
     class Lonely(Consumer):
         queue = f"{prefix}.work"
 
@@ -239,21 +255,26 @@ async def test_reconnecting_to_a_deleted_queue_does_not_pile_up_connections(
 
     name = f"{prefix}-svc"
     specs = Topology(queues=[QueueSpec(name=f"{prefix}.work")])
-    async with running(Lonely, topology=specs, service_name=name) as worker:
-        async with amqp() as channel:
-            await channel.queue_delete(f"{prefix}.work")  # consume now fails on every try
-        await eventually(lambda: not worker.ready, what="consumer lost")
-        await asyncio.sleep(4)  # several reconnect attempts (0.2 s, 0.4 s, 0.8 s, 1.6 s ...)
 
-        def open_connections() -> int:
-            return sum(
-                1
-                for c in admin.request("GET", "connections")
-                if (c.get("client_properties") or {}).get("connection_name") == name
-            )
+    def tries() -> int:
+        return sum(
+            "consuming" in r.getMessage() and "failed" in r.getMessage() for r in caplog.records
+        )
 
-        await asyncio.sleep(5.5)  # the management API's statistics lag a few seconds
-        assert open_connections() <= 1
+    def open_connections() -> int:
+        return sum(
+            1
+            for c in admin.request("GET", "connections")
+            if (c.get("client_properties") or {}).get("connection_name") == name
+        )
+
+    with caplog.at_level(logging.WARNING, logger="kanin.worker"):
+        async with running(Lonely, topology=specs, service_name=name) as worker:
+            async with amqp() as channel:
+                await channel.queue_delete(f"{prefix}.work")  # consume now fails on every try
+            await eventually(lambda: tries() >= 4, within=30, what="four failed tries")
+            assert not worker.ready and worker.transport.reconnects == 0  # one connection kept
+            await eventually(lambda: open_connections() == 1, what="the broker lists one")
 
 
 async def test_json_logs_and_console_spans(prefix: str, tmp_path: Path) -> None:
@@ -302,9 +323,11 @@ async def test_a_worker_waits_for_the_broker_at_start_and_takes_the_host_that_an
         url = f"amqp://guest:guest@{dead},{dead}/"  # only the proxy, twice
         process = start(prefix, log, "--wait-for-broker", "30", "--broker-url", url)
         try:
-            await asyncio.sleep(2)
-            assert process.poll() is None, "exited instead of waiting for the broker"
+            proxy.turn_away()  # each try reaches the proxy and is closed at once
             await proxy.accept()
+            await eventually(lambda: proxy.accepted >= 3, within=20, what="three tries")
+            assert process.poll() is None, "exited instead of waiting for the broker"
+            proxy.let_in()
             await eventually(lambda: len(handled(log)) == 3, within=30, what="3 handled")
             process.send_signal(signal.SIGTERM)
             _, stderr = await asyncio.to_thread(process.communicate, timeout=60)

@@ -23,7 +23,7 @@ from framework.topology import QueueSpec, Topology
 from tests.conftest import AMQP_URL
 from tests.integration.apps.slow import Job
 from tests.integration.otlp import Receiver, receiving
-from tests.integration.worker_kit import eventually, kill_tree, settings, started
+from tests.integration.worker_kit import EMPTY_TOPOLOGY, eventually, kill_tree, settings, started
 
 pytestmark = pytest.mark.integration
 
@@ -221,7 +221,7 @@ async def test_a_worker_process_exports_over_otlp_http_configured_by_env(
         env={
             **env,
             "KANIN_BROKER_URL": AMQP_URL,
-            "KANIN_TOPOLOGY": "does-not-exist.yaml",
+            "KANIN_TOPOLOGY": EMPTY_TOPOLOGY,
             "KANIN_TEST_QUEUE": queue,
             "KANIN_TEST_LOG": str(log),
             "KANIN_TEST_DELAY": "0",

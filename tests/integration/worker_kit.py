@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -19,6 +20,9 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from framework import Consumer, Settings, Worker
 from framework.topology import Topology
 from tests.conftest import AMQP_URL, BrokerAdmin
+
+# for `kanin run` in a test: a topology file that declares nothing (a missing one is exit 2)
+EMPTY_TOPOLOGY = str(Path(__file__).parent / "apps" / "empty_topology.yaml")
 
 
 def settings(**overrides: Any) -> Settings:
