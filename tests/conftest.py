@@ -81,10 +81,17 @@ def admin() -> BrokerAdmin:
 
 @pytest.fixture
 def prefix(admin: BrokerAdmin) -> Iterator[str]:
-    """A fresh name prefix; every queue and exchange under it is deleted after the test."""
+    """A fresh name prefix; every queue and exchange under it is deleted after the test.
+    (Tests on the embedded broker use it too; without a RabbitMQ there is nothing to
+    delete.)"""
     value = f"kt-{uuid.uuid4().hex[:10]}"
     yield value
-    admin.delete_prefix(value)
+    try:
+        admin.delete_prefix(value)
+    except urllib.error.URLError as exc:
+        if isinstance(exc, urllib.error.HTTPError):
+            raise  # the management API answered: a real failure
+        # nothing listens: no RabbitMQ, so nothing of this test's is on it
 
 
 @pytest.fixture

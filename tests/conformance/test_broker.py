@@ -15,7 +15,7 @@ import pytest
 from tests.conformance.sides import Got, MemorySide, RabbitSide, Side
 
 
-@pytest.fixture(params=["memory", "rabbitmq"])
+@pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.integration)])
 async def side(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Side]:
     opened: Side = MemorySide() if request.param == "memory" else await RabbitSide.open()
     try:

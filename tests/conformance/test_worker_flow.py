@@ -13,7 +13,7 @@ from tests.integration.apps.slow import Job
 from tests.integration.worker_kit import amqp, count, eventually, running, settings
 
 
-@pytest.fixture(params=["memory", "rabbitmq"])
+@pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.integration)])
 def broker_url(request: pytest.FixtureRequest, prefix: str) -> str:
     return f"memory://{prefix}" if request.param == "memory" else AMQP_URL
 

@@ -12,9 +12,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from framework import Consumer, Context, Event, RetryPolicy
 from framework.errors import ConfigError
 from framework.logs import TEXT_FORMAT, JsonFormatter, TraceIds
 from framework.metrics import Histogram
+from framework.testing import TestKit
 from framework.tracing import _GETTER, Tracing, provider_from_env
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -157,3 +159,54 @@ def test_histogram_buckets_are_cumulative() -> None:
         h.observe(value)
     assert h.buckets() == [("0.1", 1), ("1.0", 3), ("+Inf", 4)]
     assert h.total == pytest.approx(4.25)
+
+
+class Always(Event, type="test.always", version=1):
+    n: int
+
+
+class Failing(Consumer):
+    queue = "flow.work"
+    retry = RetryPolicy(attempts=2, initial=0.1)
+
+    async def handle(self, event: Always, ctx: Context) -> None:
+        ctx.logger.info("trying %d", event.n)
+        raise RuntimeError("always")
+
+
+def captured(fmt: logging.Formatter) -> tuple[logging.Handler, io.StringIO]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(TraceIds())
+    handler.setFormatter(fmt)
+    return handler, stream
+
+
+async def test_one_grep_for_the_published_id_finds_every_line_of_its_flow() -> None:
+    text, text_out = captured(logging.Formatter(TEXT_FORMAT))
+    data, json_out = captured(JsonFormatter())
+    root = logging.getLogger("kanin")
+    root.addHandler(text)
+    root.addHandler(data)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        async with TestKit(Failing) as kit:
+            message_id = await kit.publish(Always(n=1), exchange="", routing_key="flow.work")
+            await kit.settle()
+    finally:
+        root.removeHandler(text)
+        root.removeHandler(data)
+        root.setLevel(old_level)
+    lines = [line for line in text_out.getvalue().splitlines() if message_id in line]
+    assert [line.split(": ", 1)[0].split()[-1] for line in lines] == [
+        "kanin.consumer.Failing",  # handler's own line, attempt 1
+        "kanin.consumer.Failing",  # attempt 1 failed; retrying
+        "kanin.consumer.Failing",  # handler's own line, attempt 2
+        "kanin.consumer.Failing",  # dead-lettered
+    ], text_out.getvalue()
+    assert all(f"[flow={message_id} key={message_id}]" in line for line in lines)
+    records = [json.loads(line) for line in json_out.getvalue().splitlines()]
+    about = [r for r in records if r["flow_id"] == message_id]
+    assert len(about) == 4 and {r["idempotency_key"] for r in about} == {message_id}
+    assert "dead-lettered" in about[-1]["message"]
