@@ -42,6 +42,54 @@ def test_dockerfile_copies_files_that_exist() -> None:
     assert re.search(r'^ENTRYPOINT \["kanin"\]', dockerfile, re.M)
 
 
+def test_the_build_context_leaves_out_virtualenvs_git_and_secrets() -> None:
+    ignored = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for pattern in (".git", ".venv", ".venv-*", ".env", "**/.env", "**/__pycache__"):
+        assert pattern in ignored, pattern
+    copied = {
+        part.rstrip("/")
+        for line in (ROOT / "docker" / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ")
+        for part in line.split()[1:-1]
+    }
+    assert not copied & set(ignored), "the Dockerfile copies what the context leaves out"
+
+
+def test_dependencies_install_in_a_layer_before_the_source() -> None:
+    lines = (ROOT / "docker" / "Dockerfile").read_text().splitlines()
+    install = next(i for i, line in enumerate(lines) if "pip install" in line)
+    source = next(i for i, line in enumerate(lines) if line.startswith("COPY framework"))
+    assert install < source
+    assert "--no-deps" in next(line for line in lines[source:] if "pip install" in line)
+
+
+def test_host_ports_stay_clear_of_local_servers_and_can_be_moved() -> None:
+    taken = {5672, 15672, 6379, 5432}  # a RabbitMQ, Redis or PostgreSQL on the host
+    published: list[int] = []
+    for name, service in compose()["services"].items():
+        for mapping in service.get("ports", []):
+            host = mapping.rsplit(":", 1)[0]
+            match = re.fullmatch(r"\$\{(SHOP_[A-Z_]+):-(\d+)\}", host)
+            port = int(match.group(2)) if match else int(host)
+            assert port not in taken, f"{name} publishes {port}"
+            if name in ("rabbitmq", "redis"):
+                assert match, f"{name}: a host port that cannot be moved: {mapping}"
+            published.append(port)
+    assert len(published) == len(set(published))
+
+
+def test_the_topology_job_waits_for_the_broker_only() -> None:
+    services = compose()["services"]
+    assert set(services["topology"]["depends_on"]) == {"rabbitmq"}
+    assert "healthcheck" not in services["topology"]
+    for name in WORKERS:
+        assert "/healthz" in " ".join(services[name]["healthcheck"]["test"]), name
+
+
 def test_every_built_service_uses_our_dockerfile() -> None:
     for name, service in compose()["services"].items():
         if "build" in service:
@@ -122,6 +170,18 @@ async def test_compose_workers_trace_an_order_through_the_shop(vhost: str, tmp_p
                     what=f"{name} started",
                 )
                 assert process.poll() is None, log.read_text()[-2000:]
+                # the service's healthcheck, as Docker runs it, against this worker's port
+                port = re.search(r"probes and metrics on http://[^:]+:(\d+)/", log.read_text())
+                assert port, log.read_text()[-2000:]
+                check = [
+                    part.replace("127.0.0.1:9100", f"127.0.0.1:{port.group(1)}")
+                    for part in services[name]["healthcheck"]["test"][1:]
+                ]
+                assert check[0] == "python"
+                healthy = subprocess.run(  # noqa: ASYNC221
+                    [sys.executable, *check[1:]], capture_output=True, text=True, timeout=30
+                )
+                assert healthy.returncode == 0, healthy.stderr
             orders = services["orders"]
             placed = subprocess.run(  # noqa: ASYNC221
                 [sys.executable, *orders["entrypoint"][1:], "1"],
