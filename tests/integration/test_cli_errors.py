@@ -105,6 +105,7 @@ def cases(prefix: str, tmp: Path) -> list[Case]:
         Case(("run", "broken_module"), 2, ("broken_module.NoQueue", "'queue'")),
         Case(("run", "sync_module"), 2, ("sync_module.Sync.handle", "async def", "to_thread")),
         Case(("run", "no.such.module"), 2, ("no module named 'no'",)),
+        Case(("topology", "validate", good), 0, (), {"KANIN_MANAGEMENT_URL": ""}),
         Case(
             (*run, "--processes", "2"),
             2,

@@ -11,8 +11,10 @@ import aio_pika
 import pytest
 from typer.testing import CliRunner
 
+from framework import Consumer, Context, Event, RetryPolicy, TopologyConflict, Worker
 from framework.cli import app
 from tests.conftest import AMQP_URL, BrokerAdmin
+from tests.integration.worker_kit import settings
 
 pytestmark = pytest.mark.integration
 
@@ -206,6 +208,30 @@ def test_conflicting_arguments_are_named_with_both_values(
     assert code == 1
     assert f"! queue {prefix}.classic (classic)" in out
     assert "x-message-ttl is 5000 on the broker but 60000" in out
+
+
+class Ping(Event, type="test.ping", version=1):
+    n: int
+
+
+async def test_a_conflict_from_a_consumer_class_names_the_class_attribute(prefix: str) -> None:
+    """The retry policy came from the class, not from a file: the error says so."""
+    await declare(f"{prefix}.work.retry.1", **{"x-message-ttl": 5000})
+
+    class Work(Consumer):
+        queue = f"{prefix}.work"
+        retry = RetryPolicy(attempts=2, initial=1.0)
+
+        async def handle(self, event: Ping, ctx: Context) -> None: ...
+
+    worker = Worker([Work], settings())
+    with pytest.raises(TopologyConflict) as conflict:
+        await worker.start()
+    await worker.shutdown()
+    assert (
+        f"queue '{prefix}.work.retry.1': x-message-ttl is 5000 on the broker but 1000 in "
+        f"{Work.consumer_name()}.retry"
+    ) in str(conflict.value)
 
 
 def test_exchange_type_conflict(write, prefix: str) -> None:  # type: ignore[no-untyped-def]

@@ -177,3 +177,29 @@ def test_classify(exc: Exception, attempt: int, action: str, error_type: str) ->
         assert verdict.reason == "timeout"
     if action == "dead_letter" and not isinstance(exc, Reject | DecodeError):
         assert verdict.reason.startswith("gave up after 3 attempts")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "def handle(self, event: Placed, ctx: Context) -> None: ...",
+            r"Bad.handle must be 'async def'.*asyncio.to_thread",
+        ),
+        ("def on_startup(self) -> None: ...", r"Bad.on_startup must be 'async def'"),
+        (
+            "async def handle(self, event: Placed) -> None: ...",
+            r"Bad.handle takes \(self, event, ctx\), not \(self, event\)",
+        ),
+        ("async def handle(self, event: Placed, *, ctx: Context) -> None: ...", "takes"),
+        ("async def idempotency_key(self, event: Placed) -> str: ...", "plain 'def'"),
+        ("prefetch = 0", r"Bad.prefetch must be a positive number, got 0"),
+        ("timeout = '30'", r"Bad.timeout must be a positive number"),
+        ("retry = {'attempts': 3}", r"Bad.retry must be a RetryPolicy"),
+        ("queue = 7", r"Bad.queue must be a queue name"),
+    ],
+)
+def test_a_consumer_class_is_checked_when_it_is_defined(body: str, message: str) -> None:
+    source = f"class Bad(Consumer):\n    {body}\n"
+    with pytest.raises(ConfigError, match=message):
+        exec(source, {"Consumer": Consumer, "Context": Context, "Placed": Placed})
