@@ -150,10 +150,19 @@ class Worker:
         self._stopping.set()
 
     async def run(self) -> None:
+        """Start, then consume until ``stop()``; a stop while starting (still waiting for
+        the broker, say) ends the start at once."""
+        starting = asyncio.ensure_future(self.start())
+        stopping = asyncio.ensure_future(self._stopping.wait())
         try:
-            await self.start()
-            await self._stopping.wait()
+            await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if starting.done():
+                starting.result()  # a start that failed raises here
+                await stopping
         finally:
+            for task in (starting, stopping):
+                task.cancel()
+            await asyncio.gather(starting, stopping, return_exceptions=True)
             await self.shutdown()
 
     async def start(self) -> None:

@@ -360,3 +360,22 @@ def test_a_broker_that_never_answers_is_exit_1_after_the_wait(prefix: str, tmp_p
     prefix_ = "error: cannot connect to amqp://guest@127.0.0.1:1,127.0.0.1:2/ within 2s: "
     assert line.startswith(prefix_) and line.endswith(": connection refused"), stderr
     assert "secret-pw" not in stderr and "Traceback" not in stderr
+
+
+async def test_sigterm_while_waiting_for_the_broker_stops_at_once(
+    prefix: str, tmp_path: Path
+) -> None:
+    async with FaultProxy() as proxy:
+        proxy.turn_away()
+        url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+        process = start(prefix, tmp_path / "log", "--wait-for-broker", "120", "--broker-url", url)
+        try:
+            await eventually(lambda: proxy.accepted >= 2, within=30, what="trying to connect")
+            began = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.to_thread(process.communicate, timeout=60)
+        finally:
+            kill_tree(process)
+    assert process.returncode == 0, stderr
+    assert time.monotonic() - began < 10
+    assert "Traceback" not in stderr
