@@ -3,6 +3,7 @@
 from framework.consumer import Consumer, Context
 from framework.errors import (
     BrokerError,
+    BrokerRefused,
     BrokerUnavailable,
     ConfigError,
     KaninError,
@@ -21,6 +22,7 @@ from framework.worker import Worker
 
 __all__ = [
     "BrokerError",
+    "BrokerRefused",
     "BrokerUnavailable",
     "ConfigError",
     "Consumer",

@@ -83,10 +83,12 @@ class Link:
                 self._round_failed = loop.create_future()
             up: asyncio.Future[Any] = asyncio.ensure_future(self._up.wait())
             timeout = max(0.0, deadline - loop.time()) if tried else None
-            await asyncio.wait(
-                [up, self._round_failed], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            up.cancel()
+            try:
+                await asyncio.wait(
+                    [up, self._round_failed], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                up.cancel()
 
     async def get(self, within: float) -> AbstractConnection:
         """The connection, waiting up to ``within`` seconds while it (re)connects."""
@@ -186,13 +188,18 @@ class Link:
         client = getattr(underlay, "connection", None)
         if client is None or not hasattr(client, "ready"):
             return
+        connected = getattr(client, "connected", None)
         while True:
-            ready = asyncio.ensure_future(client.ready())
-            await asyncio.sleep(0)
-            if not ready.done():
-                self._set_blocked(self.blocked or "the broker blocks publishing (resource alarm)")
-                await ready
-                self._set_blocked(None)
+            ready = asyncio.ensure_future(client.ready())  # waits while blocked
+            try:
+                await asyncio.sleep(0)
+                still_connected = connected is None or connected.is_set()
+                if not ready.done() and still_connected:  # not a connection going away
+                    self._set_blocked(self.blocked or "the broker blocks publishing")
+                    await ready
+                    self._set_blocked(None)
+            finally:
+                ready.cancel()
             await asyncio.sleep(BLOCKED_POLL)
 
     def _set_blocked(self, why: str | None) -> None:
