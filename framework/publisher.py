@@ -206,8 +206,8 @@ class Publisher:
                     raise PublishFailed(
                         exchange, routing_key, f"no connection within {timeout:g}s (last: {exc})"
                     ) from None
-                if not waited:
-                    log.warning("publish to %r waits for the connection (%s)", exchange, exc)
+                if not waited:  # the connection's loss itself is logged once, as a warning
+                    log.debug("publish to %r waits for the connection (%s)", exchange, exc)
                     waited = True
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, MAX_PAUSE)
