@@ -57,15 +57,21 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-async def test_readyz_follows_the_connection_and_healthz_stays_up(
-    prefix: str, admin: BrokerAdmin
-) -> None:
-    class Idle(Consumer):
-        queue = f"{prefix}.idle"
+def idle(queue: str) -> type[Consumer]:
+    """A consumer of ``queue`` that does nothing with what it gets."""
 
+    class Idle(Consumer):
         async def handle(self, event: Job, ctx: Context) -> None:
             pass
 
+    Idle.queue = queue
+    return Idle
+
+
+async def test_readyz_follows_the_connection_and_healthz_stays_up(
+    prefix: str, admin: BrokerAdmin
+) -> None:
+    Idle = idle(f"{prefix}.idle")
     service = f"{prefix}-svc"
     worker = Worker(
         [Idle],
@@ -101,12 +107,7 @@ async def test_readyz_follows_the_connection_and_healthz_stays_up(
 async def test_readyz_names_a_consumer_whose_queue_was_deleted(
     prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    class Idle(Consumer):
-        queue = f"{prefix}.idle"
-
-        async def handle(self, event: Job, ctx: Context) -> None:
-            pass
-
+    Idle = idle(f"{prefix}.idle")
     worker = Worker(
         [Idle], settings(http_port=0), topology=Topology(queues=[QueueSpec(name=Idle.queue)])
     )
@@ -138,12 +139,7 @@ async def eventually_async(read: Any, expected: object, within: float = 10.0) ->
 async def test_a_connection_the_broker_closes_is_one_log_line(
     prefix: str, admin: BrokerAdmin, caplog: pytest.LogCaptureFixture
 ) -> None:
-    class Idle(Consumer):
-        queue = f"{prefix}.idle"
-
-        async def handle(self, event: Job, ctx: Context) -> None:
-            pass
-
+    Idle = idle(f"{prefix}.idle")
     service = f"{prefix}-svc"
     topology = Topology(queues=[QueueSpec(name=Idle.queue)])
     worker = Worker([Idle], settings(service_name=service), topology=topology)
