@@ -103,6 +103,12 @@ class Management:
         )
         return result
 
+    async def queues(self, stats: bool = False) -> list[dict[str, Any]]:
+        """Every queue of the vhost; with ``stats``, their message counts and rates."""
+        path = self._vhost_path("queues") + ("" if stats else "?disable_stats=true")
+        result: list[dict[str, Any]] = await self.get(path) or []
+        return result
+
     async def snapshot(self) -> LiveTopology:
         exchanges, queues, bindings = await asyncio.gather(
             self.get(self._vhost_path("exchanges")),

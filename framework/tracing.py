@@ -148,6 +148,43 @@ class Tracing:
         )
         return _Active(span)
 
+    def replay(
+        self, queue: str, target: str, failed: Mapping[str, Any], properties: Any, body_size: int
+    ) -> AbstractContextManager[Span | None]:
+        """A PRODUCER span ``replay <queue>`` around sending a parked message back to
+        ``target``: the root of a new trace, linked to the trace the message failed in
+        (whose id it also records, to search by), and whose context replaces that one in
+        ``properties.headers``."""
+        if self.tracer is None:
+            return _OFF
+        _, earlier = self._extract(failed)
+        attributes: dict[str, AttributeValue] = {
+            "messaging.system": "rabbitmq",
+            "messaging.operation.name": "send",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": "",
+            "messaging.rabbitmq.destination.routing_key": target,
+            "messaging.message.id": str(properties.message_id or ""),
+            "messaging.message.body.size": body_size,
+            "kanin.replay.queue": queue,
+        }
+        if earlier.is_valid:
+            attributes["kanin.replay.trace_id"] = format(earlier.trace_id, "032x")
+        span = self._start(
+            f"replay {queue}",
+            SpanKind.PRODUCER,
+            otel_context.Context(),
+            INVALID_SPAN_CONTEXT,
+            attributes,
+            (link(earlier),) if earlier.is_valid else (),
+        )
+        active = _Active(span)
+        headers = properties.headers
+        for name in ("traceparent", "tracestate"):
+            headers.pop(name, None)
+        propagate.inject(headers, context=active.context)
+        return active
+
     def _extract(self, headers: Mapping[str, Any]) -> tuple[otel_context.Context, SpanContext]:
         """The producer's context in ``headers`` and its span context, by the global
         propagator. Under the default W3C propagators, a lone version-00 ``traceparent``

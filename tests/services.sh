@@ -3,7 +3,8 @@
 # RabbitMQ (AMQP 5672 + management API 15672), Redis (6379) and PostgreSQL (5432,
 # user postgres, database test).
 # Starts a server that is installed but stopped, installs one that is missing,
-# and waits (bounded) until each answers. Safe to run again and again.
+# and waits (bounded) until each answers. Also installs Graphviz (`dot`), which the
+# suite uses to check `kanin topology graph --format dot`. Safe to run again and again.
 set -euo pipefail
 
 WAIT_SECONDS="${KANIN_SERVICES_TIMEOUT:-120}"
@@ -107,6 +108,11 @@ postgresql() {
   wait_for "PostgreSQL database test" postgres_answers
 }
 
+graphviz() {
+  command -v dot >/dev/null 2>&1 || apt_install graphviz
+}
+
 rabbitmq
 redis
 postgresql
+graphviz

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from framework.cli import demo, publish, run, topology
+from framework.cli import demo, dlq, publish, run, status, topology
 from framework.cli.app import app, load_settings, main
 
-__all__ = ["app", "demo", "load_settings", "main", "publish", "run", "topology"]
+__all__ = ["app", "demo", "dlq", "load_settings", "main", "publish", "run", "status", "topology"]

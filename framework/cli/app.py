@@ -15,12 +15,18 @@ from pydantic import ValidationError
 from framework.errors import ConfigError, KaninError, TopologyError
 from framework.settings import Settings
 
+# Plain help (no boxes, no <type> labels) that reads well in 80 columns; -h as --help.
+HELP: dict[str, Any] = {
+    "no_args_is_help": True,
+    "rich_markup_mode": None,
+    "context_settings": {"help_option_names": ["-h", "--help"], "max_content_width": 80},
+}
+
 app = typer.Typer(
     name="kanin",
     help="kanin: RabbitMQ workers with YAML topology, broker-side retries and tracing.",
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    **HELP,
 )
 
 BrokerOpt = Annotated[
@@ -28,6 +34,7 @@ BrokerOpt = Annotated[
     typer.Option(
         "--broker-url",
         "--broker",
+        metavar="URL",
         help="AMQP URL, or memory:// for the embedded broker (kanin run). "
         "Default: $KANIN_BROKER_URL, else amqp://guest:guest@127.0.0.1:5672/.",
         show_default=False,

@@ -29,22 +29,22 @@ def _service(target: str) -> str:
 def demo(
     targets: Annotated[
         list[str] | None,
-        typer.Argument(
-            help="Consumer modules or classes; each module runs as a service of that name. "
-            "Default: the example shop's four services.",
-            show_default=False,
-        ),
+        typer.Argument(metavar="TARGET", hidden=True, show_default=False),
     ] = None,
     seed: Annotated[
         str,
         typer.Option(
+            metavar="MODULE:FUNCTION",
             help="module:function returning {flow name: event} to publish; the module's "
-            "last part names the publishing service."
+            "last part names the publishing service.",
         ),
     ] = "workers.orders:demo",
     topology: Annotated[
         Path | None,
-        typer.Option(help="Topology file. Default: $KANIN_TOPOLOGY, else config/topology.yaml."),
+        typer.Option(
+            metavar="FILE",
+            help="Topology file. Default: $KANIN_TOPOLOGY, else config/topology.yaml.",
+        ),
     ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", help="Also print the workers' log lines (stderr).")
@@ -53,6 +53,9 @@ def demo(
     """Run consumers on the embedded broker (no server), publish a few
     events, print each step as it happens and each flow's trace as a tree;
     exit when all is settled.
+
+    Each TARGET is a consumer module or class; each module runs as a service
+    of that name.
 
     Without arguments (from the repository root): the example shop places
     three orders, paid at once, paid after a retry, and dead-lettered after

@@ -42,19 +42,25 @@ def _headers(items: list[str]) -> dict[str, Any]:
 
 @app.command("publish")
 def publish(
-    exchange: Annotated[str, typer.Argument(help="Exchange; '' for the default exchange.")],
-    routing_key: Annotated[str, typer.Argument(help="Routing key.")],
-    data: Annotated[str, typer.Option("--data", "-d", help="JSON body, or @file to read it.")],
+    exchange: Annotated[str, typer.Argument(metavar="EXCHANGE", hidden=True)],
+    routing_key: Annotated[str, typer.Argument(metavar="ROUTING_KEY", hidden=True)],
+    data: Annotated[
+        str,
+        typer.Option("--data", "-d", metavar="JSON", help="JSON body, or @file to read it."),
+    ],
     type_: Annotated[
-        str | None, typer.Option("--type", help="Event type (AMQP 'type' property).")
+        str | None,
+        typer.Option("--type", metavar="TYPE", help="Event type (AMQP 'type' property)."),
     ] = None,
     header: Annotated[
-        list[str] | None, typer.Option("--header", "-H", help="Header key=value; repeatable.")
+        list[str] | None,
+        typer.Option("--header", "-H", metavar="KEY=VALUE", help="A header; repeatable."),
     ] = None,
-    count: Annotated[int, typer.Option(min=1, help="Publish this many copies.")] = 1,
+    count: Annotated[int, typer.Option(min=1, metavar="N", help="Publish this many copies.")] = 1,
     broker_url: BrokerOpt = None,
 ) -> None:
-    """Publish a JSON message, confirmed and mandatory (unroutable: exit 1).
+    """Publish a JSON message to EXCHANGE ('' for the default exchange) with
+    ROUTING_KEY, confirmed and mandatory (unroutable: exit 1).
 
     With OTEL_EXPORTER_OTLP_ENDPOINT set, each message starts a trace (docs/tracing.md).
     """

@@ -131,19 +131,25 @@ def _run_processes(
 def run(
     targets: Annotated[
         list[str],
-        typer.Argument(help="Modules (workers.inventory) or classes (workers.inventory:Reserve)."),
+        typer.Argument(metavar="TARGET", hidden=True),
     ],
     topology: Annotated[
         Path | None,
-        typer.Option(help="Topology file. Default: $KANIN_TOPOLOGY, else config/topology.yaml."),
+        typer.Option(
+            metavar="FILE",
+            help="Topology file. Default: $KANIN_TOPOLOGY, else config/topology.yaml.",
+        ),
     ] = None,
     prefetch: Annotated[
-        int | None, typer.Option(min=1, help="Prefetch per consumer without its own.")
+        int | None, typer.Option(min=1, metavar="N", help="Prefetch per consumer without its own.")
     ] = None,
     concurrency: Annotated[
-        int | None, typer.Option(min=1, help="Handlers in flight per consumer without its own.")
+        int | None,
+        typer.Option(min=1, metavar="N", help="Handlers in flight per consumer without its own."),
     ] = None,
-    processes: Annotated[int, typer.Option(min=1, help="Worker processes to fork.")] = 1,
+    processes: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Worker processes to fork.")
+    ] = 1,
     no_declare: Annotated[
         bool, typer.Option("--no-declare", help="Check the queues exist instead of declaring.")
     ] = False,
@@ -152,6 +158,7 @@ def run(
         float | None,
         typer.Option(
             min=0,
+            metavar="SECONDS",
             help="Seconds to keep trying every broker host at start before exit 1. "
             "Default: $KANIN_WAIT_FOR_BROKER, else 30.",
             show_default=False,
@@ -162,6 +169,7 @@ def run(
         typer.Option(
             min=0,
             max=65535,
+            metavar="PORT",
             help="Serve /metrics, /healthz and /readyz on this port (process i: port + i). "
             "Default: $KANIN_HTTP_PORT, else none.",
             show_default=False,
@@ -171,18 +179,26 @@ def run(
         bool, typer.Option("--trace-console", help="Also print every span to stdout.")
     ] = False,
     log_level: Annotated[
-        LogLevel, typer.Option(case_sensitive=False, help="Lines logged from this level on.")
+        LogLevel,
+        typer.Option(
+            case_sensitive=False,
+            metavar="LEVEL",
+            help="Lines logged from this level on: DEBUG, INFO, WARNING or ERROR.",
+        ),
     ] = LogLevel.INFO,
     log_format: Annotated[
         LogFormat | None,
         typer.Option(
             case_sensitive=False,
-            help="Default: $KANIN_LOG_FORMAT, else text.",
+            metavar="FORMAT",
+            help="text or json. Default: $KANIN_LOG_FORMAT, else text.",
             show_default=False,
         ),
     ] = None,
 ) -> None:
     """Run consumer classes until SIGTERM or SIGINT (in-flight handlers finish first).
+
+    Each TARGET is a module (workers.inventory) or a class (workers.inventory:Reserve).
 
     Tracing follows the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, ...); see docs/tracing.md.

@@ -3,32 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from framework.cli.app import BrokerOpt, app, load_settings, reported, server_settings
-from framework.errors import BrokerUnavailable
+from framework.cli.app import HELP, BrokerOpt, app, load_settings, reported, server_settings
+from framework.errors import BrokerUnavailable, ConfigError
+from framework.loading import load_consumers
 from framework.management import LiveTopology, Management
+from framework.ops.export import export_topology
+from framework.ops.graph import build, render
 from framework.settings import Settings
 from framework.topology import Topology, expand, load_topology
 from framework.topology.declare import apply_topology
-from framework.topology.diff import describe_difference, plan
+from framework.topology.diff import Step, describe_difference, plan, stale
 from framework.transport import open_transport
 
 topology_app = typer.Typer(
     help="Validate a topology file, compare it with the broker, declare it.",
-    no_args_is_help=True,
+    **HELP,
 )
 app.add_typer(topology_app, name="topology")
 
 FileArg = Annotated[
     Path | None,
-    typer.Argument(
-        help="Topology YAML file. Default: $KANIN_TOPOLOGY, else config/topology.yaml.",
-        show_default=False,
-    ),
+    typer.Argument(metavar="FILE", hidden=True, show_default=False),
 ]
 
 
@@ -44,7 +46,10 @@ def _plural(n: int, word: str) -> str:
 
 @topology_app.command("validate")
 def validate(file: FileArg = None) -> None:
-    """Check a topology file without touching the broker; print what it declares."""
+    """Check a topology FILE without touching the broker; print what it declares.
+
+    FILE defaults to $KANIN_TOPOLOGY, else config/topology.yaml (so for plan, apply).
+    """
     with reported():
         _, path, topology = _load(file)
         decls = expand(topology)
@@ -61,30 +66,71 @@ def validate(file: FileArg = None) -> None:
 
 
 @topology_app.command("plan")
-def plan_command(file: FileArg = None, broker_url: BrokerOpt = None) -> None:
-    """Show what apply would create, and what differs from the live broker (exit 1 if any)."""
+def plan_command(
+    file: FileArg = None,
+    broker_url: BrokerOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (for CI).")] = False,
+) -> None:
+    """Compare FILE with the live broker both ways: what apply would create, what
+    differs (exit 1), and what the file owns but no longer declares (stale)."""
     with reported():
         _, _, topology = _load(file)
         decls = expand(topology)
         settings = server_settings("topology plan", broker_url=broker_url)
         live = asyncio.run(_live(settings))
-        steps = plan(decls, live)
-        marks = {"create": "+", "exists": "=", "differs": "!"}
-        for step in steps:
-            typer.echo(f"{marks[step.status]} {step.decl.describe()}")
-            for diff in step.differences:
-                kind = step.decl.describe().split()[0]
-                name = getattr(step.decl, "name", "")
-                where = topology.source(step.decl.origin)
-                typer.echo(f"    {describe_difference(kind, name, diff, where)}")
-        counts = {s: sum(1 for st in steps if st.status == s) for s in marks}
-        typer.echo(
-            f"plan for {settings.broker_url}: {counts['create']} to create, "
-            f"{counts['exists']} unchanged, {counts['differs']} differ"
-        )
+        steps = plan(decls, live) + stale(decls, live, topology.owns)
+        counts = {s: sum(1 for st in steps if st.status == s) for s in MARKS}
+        lines = {id(step): _explained(step, topology) for step in steps}
+        if as_json:
+            typer.echo(json.dumps(_plan_json(settings, steps, counts, lines), indent=2))
+        else:
+            for step in steps:
+                typer.echo(f"{MARKS[step.status]} {step.decl.describe()}")
+                for line in lines[id(step)]:
+                    typer.echo(f"    {line}")
+            typer.echo(
+                f"plan for {settings.broker_url}: {counts['create']} to create, "
+                f"{counts['exists']} unchanged, {counts['differs']} differ, "
+                f"{counts['stale']} stale"
+            )
+            if counts["stale"]:
+                typer.echo("stale: on the broker, owned by the file, no longer declared "
+                           "(apply --prune removes them)")  # fmt: skip
         if counts["differs"]:
-            typer.echo("apply would be refused: the broker holds objects with other arguments")
+            if not as_json:
+                typer.echo("apply would be refused: the broker holds objects with other arguments")
             raise typer.Exit(1)
+
+
+MARKS = {"create": "+", "exists": "=", "differs": "!", "stale": "-"}
+
+
+def _explained(step: Step, topology: Topology) -> list[str]:
+    kind = step.decl.describe().split()[0]
+    name = getattr(step.decl, "name", "")
+    where = topology.source(step.decl.origin)
+    return [describe_difference(kind, name, diff, where) for diff in step.differences]
+
+
+def _plan_json(
+    settings: Settings, steps: list[Step], counts: dict[str, int], lines: dict[int, list[str]]
+) -> dict[str, object]:
+    def entry(step: Step) -> dict[str, object]:
+        item: dict[str, object] = {"object": step.decl.describe()}
+        if step.differences:
+            item["differences"] = [
+                {"argument": d.argument, "broker": d.broker, "file": d.file}
+                for d in step.differences
+            ]
+            item["explained"] = lines[id(step)]
+        return item
+
+    names = {"create": "create", "exists": "unchanged", "differs": "differ", "stale": "stale"}
+    return {
+        "broker": settings.broker_url,
+        "counts": {names[k]: v for k, v in counts.items()},
+        **{names[k]: [entry(s) for s in steps if s.status == k] for k in MARKS},
+    }
 
 
 async def _live(settings: Settings) -> LiveTopology:
@@ -105,13 +151,90 @@ async def _live(settings: Settings) -> LiveTopology:
 
 
 @topology_app.command("apply")
-def apply(file: FileArg = None, broker_url: BrokerOpt = None) -> None:
-    """Declare the file's exchanges, queues, bindings and generated retry/DLQ queues."""
+def apply(
+    file: FileArg = None,
+    broker_url: BrokerOpt = None,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune", help="Then remove stale objects (see plan); a queue only when empty."
+        ),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="With --prune: remove stale queues that hold messages.")
+    ] = False,
+) -> None:
+    """Declare the exchanges, queues, bindings and generated retry/DLQ queues of FILE."""
     with reported():
         _, path, topology = _load(file)
         settings = server_settings("topology apply", broker_url=broker_url)
-        result = apply_topology(topology, settings, typer.echo)
+        if force and not prune:
+            raise ConfigError("--force goes with --prune: it removes stale queues with messages")
+        result = apply_topology(topology, settings, typer.echo, prune, force)
         summary = f"{result.created} created, {result.existing} already there"
         if result.declared:
             summary = f"{result.declared} declared"
+        if prune:
+            summary += f", {result.removed} stale removed"
         typer.echo(f"applied {path} to {settings.broker_url}: {summary}")
+
+
+class GraphFormat(StrEnum):
+    mermaid = "mermaid"
+    dot = "dot"
+
+
+@topology_app.command("graph")
+def graph_command(
+    file: Annotated[Path, typer.Argument(metavar="FILE", hidden=True)],
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="TARGET", hidden=True, show_default=False),
+    ] = None,
+    form: Annotated[
+        GraphFormat,
+        typer.Option("--format", metavar="FORMAT", help="mermaid (GitHub renders it) or dot."),
+    ] = GraphFormat.mermaid,
+) -> None:
+    """Draw the topology FILE: exchanges -> bindings -> queues, retry and DLQ queues
+    aside, and the consumer classes of each TARGET (a module or class, as for kanin
+    run) at their queues."""
+    with reported():
+        topology = load_topology(file)
+        consumers = [(c.__name__, c.queue) for c in load_consumers(targets)] if targets else []
+        typer.echo(render(build(topology, consumers), form.value), nl=False)
+
+
+@topology_app.command("export")
+def export_command(
+    prefix: Annotated[
+        str,
+        typer.Option(
+            "--prefix", metavar="PREFIX", help="Only objects whose names start with PREFIX."
+        ),
+    ] = "",
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", metavar="FILE", help="Write here. Default: standard output."),
+    ] = None,
+    broker_url: BrokerOpt = None,
+) -> None:
+    """Write the live broker's exchanges, queues and bindings as a topology file."""
+    with reported():
+        settings = server_settings("topology export", broker_url=broker_url)
+        exported = export_topology(asyncio.run(_live(settings)), prefix)
+        for note in exported.skipped:
+            typer.echo(f"note: left out {note}", err=True)
+        if out is None:
+            typer.echo(exported.yaml(), nl=False)
+            return
+        try:
+            out.write_text(exported.yaml(), encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"--out {out}: {exc.strerror}") from None
+        document = exported.document
+        typer.echo(
+            f"wrote {out}: {_plural(len(document.get('exchanges', [])), 'exchange')}, "
+            f"{_plural(len(document.get('queues', [])), 'queue')}, "
+            f"{_plural(len(document.get('bindings', [])), 'binding')}"
+        )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from framework.errors import BrokerError, BrokerRefused, KaninError, TopologyConflict
@@ -21,6 +21,7 @@ from framework.topology.diff import (
     describe_difference,
     exchange_differences,
     queue_differences,
+    stale,
 )
 from framework.topology.expand import BindingDecl, Declarations, ExchangeDecl, QueueDecl, expand
 from framework.topology.model import Topology
@@ -35,6 +36,7 @@ class ApplyResult:
     created: int = 0
     existing: int = 0
     declared: int = 0  # declared without knowing whether it existed (no management API)
+    removed: int = 0  # stale objects pruned
     conflicts: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -122,14 +124,47 @@ class Declarer:
         return [f"{decl.describe()}: refused by the broker: {exc.reply}"]
 
 
-def apply_topology(topology: Topology, settings: Settings, echo: Echo) -> ApplyResult:
-    """Declare ``topology``; raise ``TopologyConflict`` or ``BrokerError`` after reporting all."""
+async def prune(
+    transport: Transport, stale: Sequence[Decl], echo: Echo, force: bool = False
+) -> int:
+    """Remove ``stale`` objects: bindings, then queues (only empty ones unless ``force``),
+    then exchanges. Returns how many were removed; a queue kept is said so."""
+    removed = 0
+    order = {BindingDecl: 0, QueueDecl: 1, ExchangeDecl: 2}
+    for decl in sorted(stale, key=lambda d: order[type(d)]):
+        try:
+            await transport.delete(decl, if_empty=not force)
+        except BrokerRefused as exc:
+            if exc.code != 406:
+                raise
+            echo(f"kept     {decl.describe()}: it holds messages (--force deletes it)")
+            continue
+        removed += 1
+        echo(f"removed  {decl.describe()}")
+    return removed
+
+
+def apply_topology(
+    topology: Topology,
+    settings: Settings,
+    echo: Echo,
+    prune_stale: bool = False,
+    force: bool = False,
+) -> ApplyResult:
+    """Declare ``topology``, then (``prune_stale``) remove what it owns and no longer
+    declares; raise ``TopologyConflict`` or ``BrokerError`` after reporting all."""
 
     async def run() -> ApplyResult:
         transport = open_transport(settings, f"{settings.service_name}-topology")
         try:
             await transport.connect(0)
-            return await Declarer(transport, settings, topology, echo).apply(expand(topology))
+            decls = expand(topology)
+            result = await Declarer(transport, settings, topology, echo).apply(decls)
+            if prune_stale:
+                live = await Management.from_settings(settings).snapshot()
+                steps = stale(decls, live, topology.owns)
+                result.removed = await prune(transport, [s.decl for s in steps], echo, force)
+            return result
         finally:
             await transport.close()
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -10,7 +13,7 @@ from framework.management import LiveTopology, binding_key
 from framework.topology.expand import BindingDecl, Declarations, ExchangeDecl, QueueDecl
 
 Decl = ExchangeDecl | QueueDecl | BindingDecl
-Status = Literal["create", "exists", "differs"]
+Status = Literal["create", "exists", "differs", "stale"]
 UNSET = "<not set>"
 
 
@@ -77,6 +80,72 @@ def plan(decls: Declarations, live: LiveTopology) -> list[Step]:
         key = binding_key(b.source, b.destination, b.destination_type, b.routing_key, b.arguments)
         steps.append(_step(b, [] if key in live.bindings else None))
     return steps
+
+
+def stale(decls: Declarations, live: LiveTopology, owns: Sequence[str] = ()) -> list[Step]:
+    """Objects on the broker that the file owns and no longer declares.
+
+    The file owns its queues' generated queues (``<queue>.dlq``, ``<queue>.retry.<n>``),
+    every exchange and queue under a prefix it ``owns``, and the bindings between objects
+    it owns whose source is one of its exchanges. Bindings from its exchanges to queues
+    it does not own are other services' (they subscribe with bindings of their own) and
+    are left alone.
+    """
+    exchanges = {x.name for x in decls.exchanges}
+    queues = {q.name for q in decls.queues}
+    generated = re.compile(
+        "|".join(
+            rf"{re.escape(q.name)}\.(dlq|retry\.[0-9]+)" for q in decls.queues if q.role == "work"
+        )
+        or "(?!)"
+    )
+
+    def prefixed(name: str) -> bool:
+        return any(name.startswith(p) for p in owns)
+
+    def owned_queue(name: str) -> bool:
+        return name in queues or prefixed(name) or generated.fullmatch(name) is not None
+
+    def owned_exchange(name: str) -> bool:
+        return name in exchanges or prefixed(name)
+
+    steps: list[Step] = []
+    for name, x in sorted(live.exchanges.items()):
+        if name and not name.startswith("amq.") and prefixed(name) and name not in exchanges:
+            steps.append(Step("stale", _live_exchange(name, x)))
+    for name, q in sorted(live.queues.items()):
+        if name not in queues and owned_queue(name):
+            steps.append(Step("stale", _live_queue(name, q)))
+    declared = {
+        binding_key(b.source, b.destination, b.destination_type, b.routing_key, b.arguments)
+        for b in decls.bindings
+    }
+    for key in sorted(live.bindings - declared):
+        source, destination, kind, routing_key, arguments = key
+        owned = owned_queue(destination) if kind == "queue" else owned_exchange(destination)
+        if source and owned_exchange(source) and owned:
+            to: Literal["queue", "exchange"] = "queue" if kind == "queue" else "exchange"
+            decl = BindingDecl(source, destination, to, routing_key, json.loads(arguments))
+            steps.append(Step("stale", decl))
+    return steps
+
+
+def _live_exchange(name: str, live: dict[str, Any]) -> ExchangeDecl:
+    return ExchangeDecl(
+        name,
+        live.get("type", "direct"),
+        bool(live.get("durable", True)),
+        bool(live.get("auto_delete", False)),
+        bool(live.get("internal", False)),
+        dict(live.get("arguments") or {}),
+    )
+
+
+def _live_queue(name: str, live: dict[str, Any]) -> QueueDecl:
+    arguments = dict(live.get("arguments") or {})
+    arguments.setdefault("x-queue-type", live.get("type", "classic"))
+    durable, auto_delete = bool(live.get("durable", True)), bool(live.get("auto_delete", False))
+    return QueueDecl(name, durable, auto_delete, arguments)
 
 
 def _step(decl: Decl, differences: list[Difference] | None) -> Step:

@@ -196,7 +196,16 @@ class BindingSpec(_Spec):
         return args
 
 
+def _check_prefix(prefix: str) -> str:
+    if not prefix:
+        raise ValueError("a prefix cannot be empty: it would own every object of the vhost")
+    return prefix
+
+
 class Topology(_Spec):
+    # name prefixes whose every exchange and queue this file owns: plan reports those
+    # it does not declare as stale, apply --prune removes them
+    owns: list[Annotated[str, AfterValidator(_check_prefix)]] = Field(default_factory=list)
     exchanges: list[ExchangeSpec] = Field(default_factory=list)
     queues: list[QueueSpec] = Field(default_factory=list)
     bindings: list[BindingSpec] = Field(default_factory=list)

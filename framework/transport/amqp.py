@@ -25,6 +25,7 @@ from framework.transport.amqp_errors import CHANNEL_GONE, kanin_error, reason, r
 from framework.transport.base import Counts, Declaration, OutgoingMessage, Role
 from framework.transport.consuming import AmqpConsumerChannel
 from framework.transport.link import Link
+from framework.transport.reading import AmqpQueueReader
 
 
 class AmqpTransport:
@@ -121,6 +122,25 @@ class AmqpTransport:
             self._declaring = None
             raise kanin_error(exc, self.settings) from None
 
+    async def delete(self, declaration: Declaration, *, if_empty: bool = True) -> None:
+        channel = await self._declare_channel()
+        timeout = self.settings.connect_timeout
+        d = declaration
+        try:
+            if isinstance(d, ExchangeDecl):
+                await channel.exchange_delete(d.name, timeout=timeout)
+            elif isinstance(d, QueueDecl):
+                await channel.queue_delete(d.name, if_empty=if_empty, timeout=timeout)
+            elif d.destination_type == "queue":
+                queue = await channel.get_queue(d.destination, ensure=False)
+                await queue.unbind(d.source, d.routing_key, arguments=d.arguments, timeout=timeout)
+            else:
+                target = await channel.get_exchange(d.destination, ensure=False)
+                await target.unbind(d.source, d.routing_key, arguments=d.arguments, timeout=timeout)
+        except CHANNEL_GONE as exc:
+            self._declaring = None
+            raise kanin_error(exc, self.settings) from None
+
     async def _declare_channel(self) -> PikaChannel:
         if self._declaring is None or self._declaring.is_closed:
             connection = await self.consuming.get(self.settings.connect_timeout)
@@ -145,6 +165,11 @@ class AmqpTransport:
                     raise kanin_error(exc, self.settings) from None
                 missing.append(name)
         return missing
+
+    async def reader(self, queue: str) -> AmqpQueueReader:
+        timeout = self.settings.connect_timeout
+        connection = await self.consuming.get(timeout)
+        return await AmqpQueueReader.open(connection, queue, timeout)
 
     async def close(self) -> None:
         await self.publishing.close()

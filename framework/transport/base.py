@@ -116,6 +116,29 @@ class PublishChannel(Protocol):
     ) -> None: ...
 
 
+class QueueReader(Settles, Protocol):
+    """One queue read one message at a time (``basic.get``) on a channel of its own.
+
+    Nothing leaves the queue unless removed: whatever was read and not removed goes back
+    to the queue when the reader closes, oldest first, so a queue read to its end keeps
+    its order (if the connection drops instead, the broker gives everything back itself).
+    ``depth`` is the number of messages the queue held ready when the reader opened.
+    """
+
+    queue: str
+    depth: int
+
+    async def get(self) -> Delivery | None:
+        """The next message, or None once the queue has nothing more ready."""
+        ...
+
+    async def remove(self, tag: int) -> None:
+        """Acknowledge: the message read as ``tag`` leaves the queue for good."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 class Transport(Protocol):
     """A broker: a connection to consume on and one to publish on, each coming back by
     itself after a loss, and declarations."""
@@ -159,8 +182,18 @@ class Transport(Protocol):
         """Declare one object; ``BrokerRefused`` (with the reply code) if the broker will not."""
         ...
 
+    async def delete(self, declaration: Declaration, *, if_empty: bool = True) -> None:
+        """Delete a queue (with ``if_empty``, ``BrokerRefused`` 406 while it holds
+        messages) or an exchange, or remove a binding."""
+        ...
+
     async def missing_queues(self, names: Sequence[str]) -> list[str]:
         """Those of ``names`` that do not exist on the broker."""
+        ...
+
+    async def reader(self, queue: str) -> QueueReader:
+        """A reader of ``queue`` on the consuming connection; ``BrokerRefused`` (404)
+        if there is no such queue."""
         ...
 
     async def close(self) -> None: ...

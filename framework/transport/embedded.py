@@ -99,8 +99,29 @@ class MemoryTransport:
         except MemoryBrokerError as exc:
             raise BrokerRefused(exc.code, str(exc)) from None
 
+    async def delete(self, declaration: Declaration, *, if_empty: bool = True) -> None:
+        d = declaration
+        try:
+            if isinstance(d, ExchangeDecl):
+                self.broker.delete_exchange(d.name)
+            elif isinstance(d, QueueDecl):
+                self.broker.delete_queue(d.name, if_empty=if_empty)
+            else:
+                to_exchange = d.destination_type == "exchange"
+                self.broker.unbind(
+                    d.source, d.destination, d.routing_key, d.arguments, to_exchange=to_exchange
+                )
+        except MemoryBrokerError as exc:
+            raise BrokerRefused(exc.code, str(exc)) from None
+
     async def missing_queues(self, names: Sequence[str]) -> list[str]:
         return [name for name in names if name not in self.broker.queues]
+
+    async def reader(self, queue: str) -> MemoryQueueReader:
+        target = self.broker.queues.get(queue)
+        if target is None:
+            raise BrokerRefused(404, f"NOT_FOUND - no queue '{queue}'")
+        return MemoryQueueReader(self.broker.channel(), queue, self.broker.ready(target))
 
     async def close(self) -> None:
         self._connected = False
@@ -174,6 +195,43 @@ class MemoryConsumerChannel:
         self.channel.close()
         if not self._closing.done():
             self._closing.set_result(None)
+
+
+class MemoryQueueReader:
+    """A queue read with ``basic.get``; what is not removed goes back in place on close."""
+
+    def __init__(self, channel: MemoryChannel, queue: str, depth: int) -> None:
+        self.channel = channel
+        self.queue = queue
+        self.depth = depth
+
+    async def get(self) -> Delivery | None:
+        try:
+            got = self.channel.basic_get(self.queue)
+        except MemoryBrokerError as exc:
+            raise BrokerRefused(exc.code, str(exc)) from None
+        if got is None:
+            return None
+        message, tag = got
+        return Delivery(
+            message.body, message.properties, message.exchange, message.routing_key,
+            tag, message.redelivered, self,
+        )  # fmt: skip
+
+    async def remove(self, tag: int) -> None:
+        self.channel.basic_ack(tag)
+
+    def is_settled(self, tag: int) -> bool:
+        return tag not in self.channel.unacked
+
+    def ack(self, tag: int) -> None:
+        self.channel.basic_ack(tag)
+
+    async def nack(self, tag: int, requeue: bool) -> None:
+        self.channel.basic_nack(tag, requeue=requeue)
+
+    async def close(self) -> None:
+        self.channel.close()
 
 
 class MemoryPublishChannel:

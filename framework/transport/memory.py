@@ -128,7 +128,10 @@ class MemoryBroker:
             raise MemoryBrokerError(406, f"queue '{name}' exists with other arguments")
         return queue
 
-    def delete_queue(self, name: str) -> None:
+    def delete_queue(self, name: str, if_empty: bool = False) -> None:
+        found = self.queues.get(name)
+        if if_empty and found is not None and found.messages:
+            raise MemoryBrokerError(406, f"PRECONDITION_FAILED - queue '{name}' not empty")
         queue = self.queues.pop(name, None)
         if queue is not None and queue.timer is not None:
             queue.timer.cancel()
@@ -153,6 +156,26 @@ class MemoryBroker:
         binding = Binding(destination, routing_key, dict(arguments or {}), to_exchange)
         if binding not in exchange.bindings:
             exchange.bindings.append(binding)
+
+    def unbind(
+        self,
+        source: str,
+        destination: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+        to_exchange: bool = False,
+    ) -> None:
+        exchange = self._exchange(source)
+        binding = Binding(destination, routing_key, dict(arguments or {}), to_exchange)
+        if binding in exchange.bindings:
+            exchange.bindings.remove(binding)
+
+    def delete_exchange(self, name: str) -> None:
+        self.exchanges.pop(name, None)
+        for exchange in self.exchanges.values():
+            exchange.bindings = [
+                b for b in exchange.bindings if not b.to_exchange or b.destination != name
+            ]
 
     def _exchange(self, name: str) -> Exchange:
         try:
@@ -206,6 +229,11 @@ class MemoryBroker:
         return True
 
     # -- expiry and dead-lettering --------------------------------------------------
+    def ready(self, queue: Queue) -> int:
+        """Messages ready in ``queue`` now (those expired at its head dropped first)."""
+        self._expire(queue)
+        return len(queue.messages)
+
     def _expire(self, queue: Queue) -> None:
         """Dead-letter expired messages at the head; set a timer for the next one."""
         if queue.timer is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,14 +76,52 @@ def test_unknown_option_is_a_usage_error() -> None:
     assert kanin("topology", "validate", "--frobnicate").returncode == 2
 
 
-@pytest.mark.parametrize(
-    "args",
-    [[], ["topology"], ["topology", "validate"], ["topology", "plan"], ["topology", "apply"]],
+COMMANDS = [
+    [],
+    ["run"],
+    ["demo"],
+    ["publish"],
+    ["status"],
+    ["topology"],
+    *[["topology", c] for c in ("validate", "plan", "apply", "graph", "export")],
+    ["dlq"],
+    *[["dlq", c] for c in ("list", "show", "replay", "purge", "export")],
+]
+# the type labels a help text shows for an option or argument without a metavar
+TYPE_LABEL = re.compile(
+    r"<(str|int|float|bool|path|file|list\[[^]]*\]|\w+ range|[\w-]+(\|[\w-]+)+)>"
 )
-def test_help_everywhere(args: list[str]) -> None:
-    result = kanin(*args, "--help")
-    assert result.returncode == 0
-    assert "Usage: kanin" in result.stdout
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a) or "kanin")
+def test_help_everywhere_reads_well_in_80_columns(args: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from framework.cli import app
+
+    for flag in ("--help", "-h"):
+        result = CliRunner().invoke(app, [*args, flag], prog_name="kanin", env={"COLUMNS": "80"})
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith(f"Usage: kanin {' '.join(args)}".rstrip())
+        assert [line for line in result.output.splitlines() if len(line) > 80] == []
+        assert TYPE_LABEL.findall(result.output) == [], result.output
+
+
+def test_help_of_the_console_script() -> None:
+    result = kanin("-h")
+    assert result.returncode == 0 and result.stdout.startswith("Usage: kanin [OPTIONS]")
+    assert "--install-completion" in result.stdout
+
+
+def test_shell_completion_completes_commands() -> None:
+    script = kanin("--show-completion", "bash")
+    assert script.returncode == 0 and "_KANIN_COMPLETE" in script.stdout
+    completed = subprocess.run(
+        [KANIN], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        env={**os.environ, "_KANIN_COMPLETE": "complete_bash", "COMP_WORDS": "kanin dl",
+             "COMP_CWORD": "1"},
+    )  # fmt: skip
+    assert completed.stdout.split() == ["dlq"]
 
 
 def test_python_dash_m() -> None:

@@ -1,0 +1,79 @@
+"""``kanin status``: the topology's queues at a glance, for people and for cron."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from framework.cli.app import BrokerOpt, app, reported, server_settings
+from framework.management import Management
+from framework.ops.status import Row, problems, rows, table
+from framework.settings import Settings
+from framework.topology import Topology, load_topology
+
+
+@app.command("status")
+def status(
+    topology: Annotated[
+        Path | None,
+        typer.Option(
+            "--topology",
+            metavar="FILE",
+            help="Topology file. Default: $KANIN_TOPOLOGY, else config/topology.yaml.",
+            show_default=False,
+        ),
+    ] = None,
+    watch: Annotated[
+        float | None,
+        typer.Option(
+            "--watch",
+            metavar="SECONDS",
+            min=0.5,
+            help="Refresh every SECONDS until interrupted.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    broker_url: BrokerOpt = None,
+) -> None:
+    """Ready, unacked, consumers, rates, waiting retries and DLQ depth per work queue.
+    Exit 1 when a DLQ holds messages or a work queue has no consumer."""
+    with reported():
+        settings = server_settings("status", broker_url=broker_url)
+        model = load_topology(topology if topology is not None else settings.topology)
+        found = _rows(settings, model)
+        if watch is None:
+            _print(found, as_json)
+        else:
+            try:
+                while True:
+                    if sys.stdout.isatty():
+                        typer.echo("\x1b[H\x1b[2J", nl=False)  # clear the screen, home
+                    _print(found, as_json)
+                    time.sleep(watch)
+                    found = _rows(settings, model)
+            except KeyboardInterrupt:
+                pass
+        if problems(found):
+            raise typer.Exit(1)
+
+
+def _rows(settings: Settings, model: Topology) -> list[Row]:
+    live = asyncio.run(Management.from_settings(settings).queues(stats=True))
+    return rows(model, {q["name"]: q for q in live})
+
+
+def _print(found: list[Row], as_json: bool) -> None:
+    trouble = problems(found)
+    if as_json:
+        typer.echo(json.dumps({"queues": [r.as_json() for r in found], "problems": trouble}))
+        return
+    typer.echo(table(found))
+    for line in trouble:
+        typer.echo(f"! {line}")
