@@ -159,7 +159,7 @@ def list_command(
             for name in await dlq.dead_letter_queues(settings, model):
                 try:
                     found.append(await dlq.overview(transport, name))
-                except KaninError:
+                except dlq.NoSuchQueue:
                     if model is None:
                         raise
                     found.append(name)  # declared by the file, not on the broker

@@ -231,12 +231,16 @@ async def export(
     )
 
 
+class NoSuchQueue(KaninError):
+    """The queue to read is not on the broker."""
+
+
 async def _walk(transport: Transport, queue: str, *args: Any, **kwargs: Any) -> Tally:
     try:
         return await walk(transport, queue, *args, **kwargs)
     except BrokerRefused as exc:
         if exc.code == 404:
-            raise KaninError(f"no queue {queue!r} on the broker") from None
+            raise NoSuchQueue(f"no queue {queue!r} on the broker") from None
         raise
 
 

@@ -85,12 +85,33 @@ class AmqpQueueReader:
         self._unsettled.discard(tag)
 
     async def close(self) -> None:
-        """Give back every message read and not removed, oldest first."""
+        """Give back every message read and not removed, oldest first, and wait until
+        the queue has them again (a quorum queue applies the returns through its log, so
+        a reader opened at once could otherwise read past them)."""
         if self._removing:
             await asyncio.gather(*self._removing, return_exceptions=True)
-        if not self.channel.is_closed:
-            with contextlib.suppress(*CHANNEL_GONE):
-                for tag in sorted(self._unsettled):
+        if self.channel.is_closed:
+            return
+        with contextlib.suppress(*CHANNEL_GONE):
+            held = sorted(self._unsettled)
+            if held:
+                ready = await self._ready()
+                for tag in held:
                     await self.channel.basic_nack(tag, requeue=True)
                 self._unsettled.clear()
-                await self.channel.close()
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + self.timeout
+                await self._until_ready(ready + len(held), deadline)
+            await self.channel.close()
+
+    async def _until_ready(self, count: int, deadline: float) -> None:
+        """Poll the queue's ready count (no event tells of returns applied)."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < deadline:
+            if await self._ready() >= count:
+                return
+            await asyncio.sleep(0.02)
+
+    async def _ready(self) -> int:
+        ok = await self.channel.queue_declare(self.queue, passive=True, timeout=self.timeout)
+        return ok.message_count or 0

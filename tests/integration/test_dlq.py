@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -206,9 +207,20 @@ async def park(queue: str, bodies: list[bytes], **headers: Any) -> list[str]:
     return ids
 
 
-async def test_the_cli_lists_shows_and_replays_and_purges_only_with_yes(prefix: str) -> None:
+async def test_the_cli_lists_shows_and_replays_and_purges_only_with_yes(
+    prefix: str, write: Callable[..., Path]
+) -> None:
     queue = f"{prefix}.orders.dlq"
     ids = await park(queue, [b'{"n": %d}' % i for i in range(6)])
+    file = write(f"queues:\n  - name: {prefix}.orders\n  - name: {prefix}.ghost\n")
+    from_file = kanin("dlq", "list", "--topology", str(file))
+    assert from_file.returncode == 0, from_file.stderr
+    assert from_file.stdout.splitlines() == [  # in the file's order; groups biggest first
+        f"{queue}: 6 messages, failed 2026-11-30T10:00:00Z .. 2026-11-30T10:05:00Z",
+        "       3  Bust  in Orders",
+        "       3  Boom  in Orders",
+        f"{prefix}.ghost.dlq: not on the broker (kanin topology apply declares it)",
+    ]
 
     listed = kanin("dlq", "list", "--json")
     assert listed.returncode == 0, listed.stderr
