@@ -84,7 +84,6 @@ async def test_readyz_follows_the_connection_and_healthz_stays_up(
         assert await fetch(port, "/readyz") == (200, "ready\n")
         assert (await fetch(port, "/nothing"))[0] == 404
 
-        assert await close_connections_soon(admin, service) == 1
         states: list[int] = []
 
         async def poll() -> None:
@@ -95,7 +94,9 @@ async def test_readyz_follows_the_connection_and_healthz_stays_up(
                     return
                 await asyncio.sleep(0.01)
 
-        await asyncio.wait_for(poll(), 30)
+        polling = asyncio.create_task(poll())  # watching already when the connection goes
+        assert await close_connections_soon(admin, service) == 1
+        await asyncio.wait_for(polling, 30)
         assert states[-1] == 200 and 503 in states  # unready while gone, ready after recovery
         assert worker.reconnects == 1
         assert (await fetch(port, "/healthz"))[0] == 200
