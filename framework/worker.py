@@ -48,6 +48,11 @@ def queue_specs(consumers: Sequence[type[Consumer]], topology: Topology | None) 
     for cls in consumers:
         cls.event_classes()  # a consumer that cannot work is a ConfigError now, not later
         spec = by_name.get(cls.queue) or QueueSpec(name=cls.queue)
+        if spec.type == "stream":
+            raise ConfigError(
+                f"{cls.consumer_name()} consumes {cls.queue!r}, a stream: a consumer class "
+                "reads a queue (bind a queue to the exchange the stream is bound to)"
+            )
         if cls.retry is not None:
             spec = spec.model_copy(update={"retry": cls.retry})
         previous = chosen.get(cls.queue)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -79,19 +80,48 @@ def admin() -> BrokerAdmin:
     return BrokerAdmin()
 
 
-@pytest.fixture
-def prefix(admin: BrokerAdmin) -> Iterator[str]:
-    """A fresh name prefix; every queue and exchange under it is deleted after the test.
-    (Tests on the embedded broker use it too; without a RabbitMQ there is nothing to
-    delete.)"""
-    value = f"kt-{uuid.uuid4().hex[:10]}"
-    yield value
+USED_PREFIXES: list[str] = []
+# the management API lists a new queue only once the broker has reported on it (every
+# few seconds): what a test made just before it ended may be missing from the listing
+LISTING_LAG = 6.0
+
+
+def _delete(admin: BrokerAdmin, value: str) -> None:
     try:
         admin.delete_prefix(value)
     except urllib.error.URLError as exc:
         if isinstance(exc, urllib.error.HTTPError):
             raise  # the management API answered: a real failure
         # nothing listens: no RabbitMQ, so nothing of this test's is on it
+
+
+@pytest.fixture
+def prefix(admin: BrokerAdmin) -> Iterator[str]:
+    """A fresh name prefix; every queue and exchange under it is deleted after the test,
+    and once more at the end of the session (see ``LISTING_LAG``). (Tests on the embedded
+    broker use it too; without a RabbitMQ there is nothing to delete.)"""
+    value = f"kt-{uuid.uuid4().hex[:10]}"
+    USED_PREFIXES.append(value)
+    yield value
+    _delete(admin, value)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sweep(admin: BrokerAdmin) -> Iterator[None]:
+    """At the end of the session, delete again under every prefix the tests used, once
+    the management API lists everything they made."""
+    yield
+    if not USED_PREFIXES:
+        return
+    try:
+        admin.request("GET", "overview")
+    except urllib.error.URLError:
+        return  # no RabbitMQ: nothing to sweep
+    time.sleep(LISTING_LAG)
+    left = [*admin.queues("kt-"), *admin.exchanges("kt-")]
+    for value in set(USED_PREFIXES):
+        if any(name.startswith(value) for name in left):
+            _delete(admin, value)
 
 
 @pytest.fixture

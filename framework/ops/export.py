@@ -21,6 +21,7 @@ from framework.retry import RetryPolicy
 from framework.topology.model import QUEUE_KEYS
 
 _WAIT = re.compile(r"(?P<queue>.+)\.retry\.(?P<n>[1-9][0-9]*)")
+_AGE = re.compile(r"([0-9]+)([Dhms])")  # RabbitMQ's x-max-age; Y and M have no fixed length
 _UNITS = (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000))
 _SIMPLE = {
     "x-max-length": "max_length",
@@ -113,7 +114,7 @@ def _queue(name: str, queues: dict[str, Any]) -> tuple[dict[str, Any], set[str],
     live = queues[name]
     arguments = dict(live.get("arguments") or {})
     kind = arguments.pop("x-queue-type", live.get("type", "classic"))
-    if kind not in ("classic", "quorum"):
+    if kind not in ("classic", "quorum", "stream"):
         return {}, set(), f"type {kind} cannot be declared by a kanin file"
     spec: dict[str, Any] = {"name": name}
     if kind != "classic":
@@ -123,7 +124,8 @@ def _queue(name: str, queues: dict[str, Any]) -> tuple[dict[str, Any], set[str],
     exchange = arguments.pop("x-dead-letter-exchange", None)
     key = arguments.pop("x-dead-letter-routing-key", None)
     if exchange is None and key is None:
-        spec["dead_letter"] = False
+        if kind != "stream":  # a stream has no dead letters anyway
+            spec["dead_letter"] = False
     elif (exchange, key) != ("", f"{name}.dlq"):
         return {}, set(), f"dead-letters to ({exchange!r}, {key!r}), not to its own {name}.dlq"
     else:
@@ -133,6 +135,13 @@ def _queue(name: str, queues: dict[str, Any]) -> tuple[dict[str, Any], set[str],
             spec["message_ttl"] = _duration(int(value))
         elif argument == "x-expires":
             spec["expires"] = _duration(int(value))
+        elif argument == "x-max-age":
+            age = _AGE.fullmatch(str(value))
+            if age is None:
+                return {}, set(), f"x-max-age {value!r} has no equivalent in a kanin file"
+            spec["max_age"] = f"{age[1]}{age[2].lower()}"
+        elif argument == "x-stream-max-segment-size-bytes":
+            spec["segment_bytes"] = value
         elif argument == "x-single-active-consumer":
             spec["single_active_consumer"] = bool(value)
         elif argument in _SIMPLE:

@@ -46,6 +46,8 @@ def build(topology: Topology, consumers: Sequence[tuple[str, str]] = ()) -> Grap
             graph.edges.append(
                 (graph.node("exchange", x.name), graph.node("exchange", ae), "unrouted", True)
             )
+    for spec in topology.queues:  # queues in the file's order, streams marked
+        graph.node("queue", spec.name, f"{spec.name} (stream)" if spec.type == "stream" else None)
     for b in decls.bindings:
         source = graph.node("exchange", b.source)
         shape: Shape = "queue" if b.destination_type == "queue" else "exchange"

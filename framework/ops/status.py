@@ -20,6 +20,7 @@ class Row:
     deliver_rate: float = 0.0
     waiting: int = 0  # in its wait queues (<queue>.retry.<n>)
     dead: int | None = None  # in its DLQ; None without one
+    log: bool = False  # a stream: a log to read, which needs no consumer
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -34,8 +35,9 @@ def rows(topology: Topology, live: dict[str, dict[str, Any]]) -> list[Row]:
         waits = [spec.wait_queue(n) for n in range(1, attempts)]
         waiting = sum(_count(live.get(name), "messages") for name in waits)
         dead = _count(live.get(spec.dlq), "messages") if spec.dead_letter else None
+        log = spec.type == "stream"
         if found is None:
-            out.append(Row(spec.name, False, waiting=waiting, dead=dead))
+            out.append(Row(spec.name, False, waiting=waiting, dead=dead, log=log))
             continue
         stats = found.get("message_stats") or {}
         out.append(
@@ -49,6 +51,7 @@ def rows(topology: Topology, live: dict[str, dict[str, Any]]) -> list[Row]:
                 deliver_rate=_rate(stats, "deliver_get_details"),
                 waiting=waiting,
                 dead=dead,
+                log=log,
             )
         )
     return out
@@ -60,7 +63,7 @@ def problems(table: list[Row]) -> list[str]:
     for row in table:
         if not row.present:
             found.append(f"{row.queue} is not on the broker")
-        elif row.consumers == 0:
+        elif row.consumers == 0 and not row.log:
             found.append(f"{row.queue} has no consumer")
         if row.dead:
             found.append(f"{row.queue}.dlq holds {row.dead} message{'' if row.dead == 1 else 's'}")

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from framework.retry import RetryPolicy
-from framework.units import Duration, to_millis
+from framework.units import Duration, Size, broker_age, to_millis
 
 ArgumentValue = str | int | float | bool
 
@@ -53,7 +53,16 @@ QUEUE_KEYS = {
     "x-max-priority": "max_priority",
     "x-dead-letter-exchange": "dead_letter",
     "x-dead-letter-routing-key": "dead_letter",
+    "x-max-age": "max_age",
+    "x-stream-max-segment-size-bytes": "segment_bytes",
 }
+# what a stream (an append-only log) cannot have: it keeps every message until its
+# retention (max_age, max_length_bytes) drops the oldest segment, and nothing is ever
+# dead-lettered from it
+_NOT_ON_STREAMS = (
+    "message_ttl", "expires", "max_length", "overflow", "delivery_limit",
+    "single_active_consumer", "max_priority", "retry",
+)  # fmt: skip
 
 
 class _Spec(BaseModel):
@@ -84,23 +93,37 @@ class ExchangeSpec(_Spec):
 
 class QueueSpec(_Spec):
     name: Name
-    type: Literal["classic", "quorum"] = "classic"
+    type: Literal["classic", "quorum", "stream"] = "classic"
     durable: bool = True
     auto_delete: bool = False
     message_ttl: Duration | None = Field(None, ge=0)
     expires: Duration | None = Field(None, gt=0)
     max_length: int | None = Field(None, ge=0)
-    max_length_bytes: int | None = Field(None, ge=0)
+    max_length_bytes: Size | None = Field(None, ge=0)
     overflow: Literal["drop-head", "reject-publish", "reject-publish-dlx"] | None = None
     delivery_limit: int | None = Field(None, ge=0)
     single_active_consumer: bool = False
     max_priority: int | None = Field(None, ge=1, le=255)
     arguments: Arguments = Field(default_factory=dict)
+    max_age: Duration | None = Field(None, gt=0)  # streams: retention by age
+    segment_bytes: Size | None = Field(None, gt=0)  # streams: size of a segment file
     retry: RetryPolicy | None = None
-    dead_letter: bool = True
+    dead_letter: bool = True  # a stream's default is false: it has no dead letters
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stream_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("type") == "stream":
+            data = {"dead_letter": False, **data}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> QueueSpec:
+        if self.type == "stream":
+            self._check_stream()
+        elif self.max_age is not None or self.segment_bytes is not None:
+            only = "max_age" if self.max_age is not None else "segment_bytes"
+            raise ValueError(f"{only} needs a stream (type: stream)")
         for arg in self.arguments:
             key = QUEUE_KEYS.get(arg)
             if key is not None:
@@ -117,6 +140,19 @@ class QueueSpec(_Spec):
         if self.retry is not None and self.retry.attempts > 1 and not self.durable:
             raise ValueError("retries wait in durable queues: a retried queue must be durable")
         return self
+
+    def _check_stream(self) -> None:
+        if not self.durable or self.auto_delete:
+            raise ValueError("a stream must be durable and cannot be auto_delete")
+        for key in _NOT_ON_STREAMS:
+            if getattr(self, key) not in (None, False):
+                why = "retries" if key == "retry" else f"'{key}'"
+                raise ValueError(
+                    f"a stream has no {why}: it keeps every message, in order, until "
+                    "max_age or max_length_bytes drops the oldest"
+                )
+        if self.dead_letter:
+            raise ValueError("a stream has no dead letters: set dead_letter: false or omit it")
 
     @property
     def dlq(self) -> str:
@@ -137,7 +173,10 @@ class QueueSpec(_Spec):
             "x-overflow": self.overflow,
             "x-delivery-limit": self.delivery_limit,
             "x-max-priority": self.max_priority,
+            "x-stream-max-segment-size-bytes": self.segment_bytes,
         }
+        if self.max_age is not None:
+            args["x-max-age"] = broker_age(self.max_age)
         args.update({k: v for k, v in optional.items() if v is not None})
         if self.single_active_consumer:
             args["x-single-active-consumer"] = True

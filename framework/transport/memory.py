@@ -121,6 +121,10 @@ class MemoryBroker:
             self.exchanges[name] = Exchange(name, type, dict(arguments or {}))
 
     def declare_queue(self, name: str, arguments: dict[str, Any] | None = None) -> Queue:
+        if (arguments or {}).get("x-queue-type") == "stream":
+            raise MemoryBrokerError(
+                406, f"queue '{name}': the embedded broker does not model streams (use RabbitMQ)"
+            )
         queue = self.queues.get(name)
         if queue is None:
             queue = self.queues[name] = Queue(name, dict(arguments or {}))

@@ -19,6 +19,7 @@ from framework import Consumer, Context, Publisher, RetryPolicy, Worker
 from framework.topology import QueueSpec, Topology
 from tests.conftest import BrokerAdmin
 from tests.integration.apps.slow import Job
+from tests.integration.faults import FaultProxy
 from tests.integration.worker_kit import (
     amqp,
     close_connections_soon,
@@ -68,41 +69,38 @@ def idle(queue: str) -> type[Consumer]:
     return Idle
 
 
-async def test_readyz_follows_the_connection_and_healthz_stays_up(
-    prefix: str, admin: BrokerAdmin
-) -> None:
+async def test_readyz_follows_the_connection_and_healthz_stays_up(prefix: str) -> None:
     Idle = idle(f"{prefix}.idle")
-    service = f"{prefix}-svc"
-    worker = Worker(
-        [Idle],
-        settings(http_port=0, service_name=service),
-        topology=Topology(queues=[QueueSpec(name=Idle.queue)]),
-    )
-    async with serving(worker) as port:
-        status, body = await fetch(port, "/healthz")
-        assert status == 200 and body.startswith("ok\nevent loop lag 0.")
-        assert await fetch(port, "/readyz") == (200, "ready\n")
-        assert (await fetch(port, "/nothing"))[0] == 404
+    async with FaultProxy() as proxy:
+        worker = Worker(
+            [Idle],
+            settings(http_port=0, broker_url=proxy.url()),
+            topology=Topology(queues=[QueueSpec(name=Idle.queue)]),
+        )
+        async with serving(worker) as port:
+            status, body = await fetch(port, "/healthz")
+            assert status == 200 and body.startswith("ok\nevent loop lag 0.")
+            assert await fetch(port, "/readyz") == (200, "ready\n")
+            assert (await fetch(port, "/nothing"))[0] == 404
 
-        states: list[int] = []
+            proxy.refuse()  # the broker goes away and stays away
+            proxy.cut()
+            await until_answer(port, "/readyz", 503)
+            assert await fetch(port, "/readyz") == (503, "not connected to the broker\n")
+            assert (await fetch(port, "/healthz"))[0] == 200  # alive all the while
+            await proxy.accept()  # back: ready again once it consumes again
+            await until_answer(port, "/readyz", 200)
+            assert worker.reconnects == 1
+            metrics = samples((await fetch(port, "/metrics"))[1])
+            assert metrics[("kanin_reconnects_total", ())] == 1
+            assert metrics[("kanin_ready", ())] == 1
 
-        async def poll() -> None:
-            while True:
-                status, _ = await fetch(port, "/readyz")
-                states.append(status)
-                if status == 200 and 503 in states:
-                    return
-                await asyncio.sleep(0.01)
 
-        polling = asyncio.create_task(poll())  # watching already when the connection goes
-        assert await close_connections_soon(admin, service) == 1
-        await asyncio.wait_for(polling, 30)
-        assert states[-1] == 200 and 503 in states  # unready while gone, ready after recovery
-        assert worker.reconnects == 1
-        assert (await fetch(port, "/healthz"))[0] == 200
-        metrics = samples((await fetch(port, "/metrics"))[1])
-        assert metrics[("kanin_reconnects_total", ())] == 1
-        assert metrics[("kanin_ready", ())] == 1
+async def until_answer(port: int, path: str, status: int, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while (await fetch(port, path))[0] != status:
+        assert time.monotonic() < deadline, f"{path} did not answer {status} within {within}s"
+        await asyncio.sleep(0.05)
 
 
 async def test_readyz_names_a_consumer_whose_queue_was_deleted(
@@ -218,7 +216,10 @@ async def test_metrics_match_the_brokers_counts_with_retries_and_dead_letters(
         seen.update(broker())
         return seen == expected
 
-    await eventually(agrees, within=30, what=f"broker counts {seen} == {expected}")
+    try:
+        await eventually(agrees, within=30)
+    except AssertionError:
+        raise AssertionError(f"broker counts {seen}, the worker's {expected}") from None
 
 
 async def test_a_handler_that_blocks_the_loop_is_named_and_healthz_still_answers(
