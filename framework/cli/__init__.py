@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from framework.cli import demo, dlq, publish, run, status, topology
+from framework.cli import demo, dlq, events, publish, run, status, topology
 from framework.cli.app import app, load_settings, main
 
-__all__ = ["app", "demo", "dlq", "load_settings", "main", "publish", "run", "status", "topology"]
+__all__ = [
+    "app",
+    "demo",
+    "dlq",
+    "events",
+    "load_settings",
+    "main",
+    "publish",
+    "run",
+    "status",
+    "topology",
+]

@@ -22,7 +22,7 @@ from framework.settings import Settings
 from framework.topology.expand import ExchangeDecl, QueueDecl
 from framework.transport import aiormq_paths
 from framework.transport.amqp_errors import CHANNEL_GONE, kanin_error, reason, refusal
-from framework.transport.base import Counts, Declaration, OutgoingMessage, Role
+from framework.transport.base import Counts, Declaration, OutgoingMessage, Role, StreamOffset
 from framework.transport.consuming import AmqpConsumerChannel
 from framework.transport.link import Link
 from framework.transport.reading import AmqpQueueReader
@@ -61,7 +61,11 @@ class AmqpTransport:
         await (self.consuming if role == "consume" else self.publishing).open(wait)
 
     async def consumer_channel(
-        self, queue: str, prefetch: int, counts: Counts | None = None
+        self,
+        queue: str,
+        prefetch: int,
+        counts: Counts | None = None,
+        offset: StreamOffset | None = None,
     ) -> AmqpConsumerChannel:
         connection = await self.consuming.get(self.settings.connect_timeout)
         try:
@@ -69,7 +73,20 @@ class AmqpTransport:
             underlay = await channel.get_underlay_channel()
         except CHANNEL_GONE as exc:
             raise kanin_error(exc, self.settings) from None
-        return AmqpConsumerChannel(underlay, queue, prefetch, counts, self.fast)
+        arguments = None if offset is None else {"x-stream-offset": offset}
+        return AmqpConsumerChannel(underlay, queue, prefetch, counts, self.fast, arguments)
+
+    async def temporary_queue(self, bindings: Sequence[tuple[str, str]]) -> str:
+        channel = await self._declare_channel()
+        timeout = self.settings.connect_timeout
+        try:
+            queue = await channel.declare_queue(exclusive=True, auto_delete=True, timeout=timeout)
+            for exchange, routing_key in bindings:
+                await queue.bind(exchange, routing_key, timeout=timeout)
+        except CHANNEL_GONE as exc:
+            self._declaring = None
+            raise kanin_error(exc, self.settings) from None
+        return queue.name
 
     async def publish_channel(self, within: float) -> AmqpPublishChannel:
         channel = self._publish

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from pamqp.commands import Basic
@@ -21,6 +22,8 @@ from framework.topology.expand import BindingDecl, ExchangeDecl, QueueDecl
 Properties = Basic.Properties
 OutgoingMessage = tuple[str, str, bytes, Properties]  # exchange, routing key, body, properties
 Declaration = ExchangeDecl | QueueDecl | BindingDecl
+# where reading a stream starts: "first", "last", "next", an offset, or a time
+StreamOffset = str | int | datetime
 Role = Literal["consume", "publish"]
 
 
@@ -168,9 +171,19 @@ class Transport(Protocol):
         ...
 
     async def consumer_channel(
-        self, queue: str, prefetch: int, counts: Counts | None = None
+        self,
+        queue: str,
+        prefetch: int,
+        counts: Counts | None = None,
+        offset: StreamOffset | None = None,
     ) -> ConsumerChannel:
-        """A new channel on the consuming connection (waiting while it comes back)."""
+        """A new channel on the consuming connection (waiting while it comes back);
+        ``offset``: where to start reading ``queue``, a stream."""
+        ...
+
+    async def temporary_queue(self, bindings: Sequence[tuple[str, str]]) -> str:
+        """A queue of the broker's naming, bound to each (exchange, routing key) of
+        ``bindings``, that lives as long as the consuming connection; its name."""
         ...
 
     async def publish_channel(self, within: float) -> PublishChannel:

@@ -33,8 +33,10 @@ class AmqpConsumerChannel:
         prefetch: int,
         counts: Counts | None = None,
         fast: bool = True,
+        arguments: dict[str, Any] | None = None,
     ) -> None:
         self.channel = channel
+        self.arguments = arguments  # of basic.consume (x-stream-offset)
         self.queue = queue
         self.prefetch = prefetch
         self.fast = fast  # kanin's own delivery dispatch where aiormq allows it
@@ -78,7 +80,9 @@ class AmqpConsumerChannel:
             aiormq_paths.dispatch_deliveries(self.channel, self.running, self.closing)
         try:
             await self.channel.basic_qos(prefetch_count=self.prefetch)
-            ok = await self.channel.basic_consume(self.queue, consume, no_ack=False)
+            ok = await self.channel.basic_consume(
+                self.queue, consume, no_ack=False, arguments=self.arguments
+            )
         except CHANNEL_GONE as exc:
             raise kanin_error(exc) from None
         self.consumer_tag = ok.consumer_tag

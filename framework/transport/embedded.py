@@ -10,6 +10,7 @@ lost or blocked: there is no network.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from framework.transport.base import (
     OnDelivery,
     OutgoingMessage,
     Role,
+    StreamOffset,
 )
 from framework.transport.memory import MemoryBroker, MemoryBrokerError, MemoryChannel, Message
 
@@ -53,6 +55,7 @@ class MemoryTransport:
         self.broker = broker_for(settings.broker_url)
         self._connected = False
         self._channels: list[MemoryConsumerChannel] = []
+        self._temporary: list[str] = []  # deleted with the "connection"
         self._publish = MemoryPublishChannel(self.broker)
 
     @property
@@ -75,11 +78,28 @@ class MemoryTransport:
             self._connected = True
 
     async def consumer_channel(
-        self, queue: str, prefetch: int, counts: Counts | None = None
+        self,
+        queue: str,
+        prefetch: int,
+        counts: Counts | None = None,
+        offset: StreamOffset | None = None,
     ) -> MemoryConsumerChannel:
+        if offset is not None:
+            raise BrokerRefused(406, "the embedded broker does not model streams (use RabbitMQ)")
         channel = MemoryConsumerChannel(self.broker.channel(), queue, prefetch, counts)
         self._channels.append(channel)
         return channel
+
+    async def temporary_queue(self, bindings: Sequence[tuple[str, str]]) -> str:
+        name = f"amq.gen-{uuid.uuid4().hex}"
+        self.broker.declare_queue(name)
+        self._temporary.append(name)
+        try:
+            for exchange, routing_key in bindings:
+                self.broker.bind(exchange, name, routing_key)
+        except MemoryBrokerError as exc:
+            raise BrokerRefused(exc.code, str(exc)) from None
+        return name
 
     async def publish_channel(self, within: float) -> MemoryPublishChannel:
         return self._publish
@@ -128,6 +148,9 @@ class MemoryTransport:
         for channel in self._channels:
             await channel.close()
         self._channels = []
+        for name in self._temporary:
+            self.broker.delete_queue(name)
+        self._temporary = []
 
 
 class MemoryConsumerChannel:

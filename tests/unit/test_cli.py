@@ -84,6 +84,8 @@ COMMANDS = [
     ["status"],
     ["topology"],
     *[["topology", c] for c in ("validate", "plan", "apply", "graph", "export")],
+    ["events"],
+    ["events", "tail"],
     ["dlq"],
     *[["dlq", c] for c in ("list", "show", "replay", "purge", "export")],
 ]
