@@ -84,9 +84,7 @@ class MemoryTransport:
         counts: Counts | None = None,
         offset: StreamOffset | None = None,
     ) -> MemoryConsumerChannel:
-        if offset is not None:
-            raise BrokerRefused(406, "the embedded broker does not model streams (use RabbitMQ)")
-        channel = MemoryConsumerChannel(self.broker.channel(), queue, prefetch, counts)
+        channel = MemoryConsumerChannel(self.broker.channel(), queue, prefetch, counts, offset)
         self._channels.append(channel)
         return channel
 
@@ -157,9 +155,15 @@ class MemoryConsumerChannel:
     """A consumer channel on the embedded broker: one queue, prefetch, settle per tag."""
 
     def __init__(
-        self, channel: MemoryChannel, queue: str, prefetch: int, counts: Counts | None = None
+        self,
+        channel: MemoryChannel,
+        queue: str,
+        prefetch: int,
+        counts: Counts | None = None,
+        offset: StreamOffset | None = None,
     ) -> None:
         self.channel = channel
+        self.arguments = None if offset is None else {"x-stream-offset": offset}
         self.queue = queue
         self.prefetch = prefetch
         self.counts = counts
@@ -185,7 +189,7 @@ class MemoryConsumerChannel:
             )  # fmt: skip
 
         try:
-            self._tag = self.channel.basic_consume(self.queue, consume)
+            self._tag = self.channel.basic_consume(self.queue, consume, self.arguments)
         except MemoryBrokerError as exc:
             raise BrokerRefused(exc.code, str(exc)) from None
 

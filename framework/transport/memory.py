@@ -14,7 +14,9 @@ checks each against a real broker):
 - consumers: prefetch, ack / nack / reject (with ``multiple``), redelivery with
   ``redelivered`` set when a channel closes with messages unacknowledged; quorum queues
   (``x-queue-type: quorum``) add ``x-delivery-count`` and dead-letter a message given
-  back more often than ``x-delivery-limit`` (reason ``delivery_limit``).
+  back more often than ``x-delivery-limit`` (reason ``delivery_limit``);
+- streams (``x-queue-type: stream``): an append-only log read from ``x-stream-offset``,
+  as ``streams.py`` keeps it.
 
 Time is the broker's own clock: ``advance(seconds)`` moves it forward (the test kit
 uses that to skip retry delays); otherwise it follows the event loop's.
@@ -33,6 +35,7 @@ from typing import Any, Literal
 from pamqp.commands import Basic
 
 from framework.transport.routing import Binding, Exchange, route
+from framework.transport.streams import StreamLog
 
 Properties = Basic.Properties
 Outcome = Literal["routed", "returned", "refused"]
@@ -71,6 +74,7 @@ class Queue:
     consumers: list[Consumer] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
     turn: int = 0  # round robin over consumers
+    log: StreamLog | None = None  # a stream's entries (streams.py); messages stays empty
 
     @property
     def ttl_ms(self) -> int | None:
@@ -93,6 +97,7 @@ class Consumer:
     queue: Queue
     channel: MemoryChannel
     callback: Callable[[Message, int], Coroutine[Any, Any, None]]
+    position: int = 0  # of a stream consumer: the next offset it reads
 
 
 class MemoryBroker:
@@ -121,13 +126,11 @@ class MemoryBroker:
             self.exchanges[name] = Exchange(name, type, dict(arguments or {}))
 
     def declare_queue(self, name: str, arguments: dict[str, Any] | None = None) -> Queue:
-        if (arguments or {}).get("x-queue-type") == "stream":
-            raise MemoryBrokerError(
-                406, f"queue '{name}': the embedded broker does not model streams (use RabbitMQ)"
-            )
         queue = self.queues.get(name)
         if queue is None:
-            queue = self.queues[name] = Queue(name, dict(arguments or {}))
+            args = dict(arguments or {})
+            log = StreamLog(args) if args.get("x-queue-type") == "stream" else None
+            queue = self.queues[name] = Queue(name, args, log=log)
         elif arguments is not None and queue.arguments != arguments:
             raise MemoryBrokerError(406, f"queue '{name}' exists with other arguments")
         return queue
@@ -217,6 +220,12 @@ class MemoryBroker:
 
     def _enqueue(self, queue: Queue, message: Message) -> bool:
         """Add to the queue; False when ``x-overflow`` refuses it (the publisher's nack)."""
+        if queue.log is not None:
+            queue.log.append(
+                message.body, message.properties, message.exchange, message.routing_key
+            )
+            self._dispatch(queue)
+            return True
         limit = queue.arguments.get("x-max-length")
         overflow = queue.arguments.get("x-overflow", "drop-head")
         if limit is not None and len(queue.messages) >= int(limit) and overflow != "drop-head":
@@ -235,6 +244,9 @@ class MemoryBroker:
     # -- expiry and dead-lettering --------------------------------------------------
     def ready(self, queue: Queue) -> int:
         """Messages ready in ``queue`` now (those expired at its head dropped first)."""
+        if queue.log is not None:
+            queue.log.trim()
+            return len(queue.log.entries)
         self._expire(queue)
         return len(queue.messages)
 
@@ -298,6 +310,8 @@ class MemoryBroker:
     def requeue(self, queue: Queue, message: Message) -> None:
         """A message a consumer gave back goes to the head of its queue, redelivered; a
         quorum queue dead-letters it once given back more often than ``x-delivery-limit``."""
+        if queue.log is not None:
+            return  # a stream keeps every message: nothing to give back
         message.redelivered = True
         message.returns += 1
         limit = queue.arguments.get("x-delivery-limit") if queue.quorum else None
@@ -308,6 +322,9 @@ class MemoryBroker:
 
     def _dispatch(self, queue: Queue) -> None:
         """Hand messages to consumers with room under their channel's prefetch."""
+        if queue.log is not None:
+            self._feed(queue, queue.log)
+            return
         while queue.messages and queue.consumers:
             ready = [c for c in queue.consumers if c.channel.has_room()]
             if not ready:
@@ -316,6 +333,15 @@ class MemoryBroker:
             queue.turn += 1
             message = queue.messages.popleft()
             consumer.channel.deliver(consumer, message)
+
+    def _feed(self, queue: Queue, log: StreamLog) -> None:
+        """Each stream consumer reads on from its position, as its prefetch allows."""
+        for consumer in list(queue.consumers):
+            while consumer.channel.has_room() and (entry := log.at(consumer.position)):
+                consumer.position = entry.offset + 1
+                message = _copy(entry.body, entry.properties, entry.exchange, entry.routing_key)
+                message.headers["x-stream-offset"] = entry.offset
+                consumer.channel.deliver(consumer, message)
 
     def channel(self) -> MemoryChannel:
         channel = MemoryChannel(self)
@@ -350,12 +376,23 @@ class MemoryChannel:
         return not self.is_closed and (not self.prefetch or len(self.unacked) < self.prefetch)
 
     def basic_consume(
-        self, queue: str, callback: Callable[[Message, int], Coroutine[Any, Any, None]]
+        self,
+        queue: str,
+        callback: Callable[[Message, int], Coroutine[Any, Any, None]],
+        arguments: dict[str, Any] | None = None,
     ) -> str:
         target = self.broker.queues.get(queue)
         if target is None:
             raise MemoryBrokerError(404, f"no queue '{queue}'")
         consumer = Consumer(self.broker.next_tag(), target, self, callback)
+        if target.log is not None:
+            if not self.prefetch:
+                raise MemoryBrokerError(406, f"a consumer of stream '{queue}' needs a prefetch")
+            offset = (arguments or {}).get("x-stream-offset", "next")
+            try:
+                consumer.position = target.log.start(offset)
+            except ValueError as exc:
+                raise MemoryBrokerError(406, str(exc)) from None
         self.consumers[consumer.tag] = consumer
         target.consumers.append(consumer)
         self.broker._dispatch(target)
@@ -378,6 +415,8 @@ class MemoryChannel:
         target = self.broker.queues.get(queue)
         if target is None:
             raise MemoryBrokerError(404, f"no queue '{queue}'")
+        if target.log is not None:
+            raise MemoryBrokerError(540, f"stream '{queue}' is read by consumers, not basic.get")
         self.broker._expire(target)
         if not target.messages:
             return None
@@ -399,7 +438,9 @@ class MemoryChannel:
 
     def basic_nack(self, tag: int, multiple: bool = False, requeue: bool = True) -> None:
         for queue, message in reversed(self._settled(tag, multiple)):
-            if requeue:
+            if queue.log is not None:
+                pass  # a stream keeps it either way
+            elif requeue:
                 self.broker.requeue(queue, message)
             else:
                 self.broker.dead_letter(queue, message, "rejected")

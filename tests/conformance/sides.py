@@ -53,6 +53,13 @@ class Side(Protocol):
     async def get(self, queue: str) -> Got | None: ...
     async def ack(self, got: Got) -> None: ...
     async def reject(self, got: Got, requeue: bool) -> None: ...
+    async def read(
+        self, stream: str, offset: Any, count: int, within: float = 10.0
+    ) -> list[tuple[int, bytes]]:
+        """``count`` entries of ``stream`` from ``offset`` (x-stream-offset), as
+        (offset, body), read by a consumer of its own."""
+        ...
+
     async def reopen(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -111,6 +118,24 @@ class MemorySide:
     async def reject(self, got: Got, requeue: bool) -> None:
         self.channel.basic_reject(got.tag, requeue=requeue)
 
+    async def read(
+        self, stream: str, offset: Any, count: int, within: float = 10.0
+    ) -> list[tuple[int, bytes]]:
+        channel = self.broker.channel()
+        channel.basic_qos(10)
+        got: list[tuple[int, bytes]] = []
+
+        async def take(message: Any, tag: int) -> None:
+            got.append((message.headers["x-stream-offset"], message.body))
+            channel.basic_ack(tag)
+
+        channel.basic_consume(stream, take, {"x-stream-offset": offset})
+        try:
+            await _until(lambda: len(got) >= count, within)
+        finally:
+            channel.close()
+        return got[:count]
+
     async def reopen(self) -> None:
         self.channel.close()
         self.channel = self.broker.channel()
@@ -134,8 +159,9 @@ class RabbitSide:
         await self.channel.declare_exchange(name, type, durable=False, arguments=arguments)
 
     async def queue(self, name: str, arguments: dict[str, Any] | None = None) -> None:
-        quorum = (arguments or {}).get("x-queue-type") == "quorum"  # quorum: durable only
-        await self.channel.declare_queue(name, durable=quorum, arguments=arguments)
+        kind = (arguments or {}).get("x-queue-type")  # quorum queues and streams: durable only
+        durable = kind in ("quorum", "stream")
+        await self.channel.declare_queue(name, durable=durable, arguments=arguments)
 
     async def bind(
         self, source: str, queue: str, key: str = "", arguments: dict[str, Any] | None = None
@@ -193,9 +219,35 @@ class RabbitSide:
     async def reject(self, got: Got, requeue: bool) -> None:
         await got.tag.reject(requeue=requeue)
 
+    async def read(
+        self, stream: str, offset: Any, count: int, within: float = 10.0
+    ) -> list[tuple[int, bytes]]:
+        channel = await self.connection.channel()
+        await channel.set_qos(prefetch_count=10)
+        queue = await channel.get_queue(stream, ensure=False)
+        got: list[tuple[int, bytes]] = []
+
+        async def take(message: AbstractIncomingMessage) -> None:
+            got.append((int(message.headers["x-stream-offset"]), message.body))  # type: ignore[arg-type]
+            await message.ack()
+
+        await queue.consume(take, arguments={"x-stream-offset": offset})
+        try:
+            await _until(lambda: len(got) >= count, within)
+        finally:
+            await channel.close()
+        return got[:count]
+
     async def reopen(self) -> None:
         await self.channel.close()
         self.channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
 
     async def close(self) -> None:
         await self.connection.close()
+
+
+async def _until(done: Any, within: float) -> None:
+    for _ in range(int(within / 0.01)):
+        if done():
+            return
+        await asyncio.sleep(0.01)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pamqp.commands import Basic
 
 from framework import Consumer, Context, Event
 from framework.errors import ConfigError, TopologyError
 from framework.ops.graph import build, render
 from framework.topology import QueueSpec, Topology, expand, load_topology
 from framework.transport.memory import MemoryBroker, MemoryBrokerError
+from framework.transport.streams import StreamLog
 from framework.units import broker_age, parse_size
 from framework.worker import queue_specs
 
@@ -81,9 +86,31 @@ def test_a_consumer_class_on_a_stream_is_refused() -> None:
         queue_specs([Reader], topology)
 
 
-def test_the_embedded_broker_refuses_a_stream() -> None:
-    with pytest.raises(MemoryBrokerError, match="does not model streams"):
-        MemoryBroker().declare_queue("log", {"x-queue-type": "stream"})
+async def test_the_embedded_broker_keeps_a_stream_within_its_retention() -> None:
+    broker = MemoryBroker()
+    broker.declare_queue("log", {"x-queue-type": "stream", "x-max-length-bytes": 10})
+    properties = Basic.Properties()
+    for body in (b"aaaa", b"bbbb", b"cccc"):
+        broker.publish("", "log", body, properties)
+    log = broker.queues["log"].log
+    assert log is not None
+    assert [(e.offset, e.body) for e in log.entries] == [(1, b"bbbb"), (2, b"cccc")]
+    assert log.start("first") == 1 and log.start(0) == 1 and log.start("next") == 3
+    assert broker.ready(broker.queues["log"]) == 2
+    channel = broker.channel()
+    with pytest.raises(MemoryBrokerError, match=r"not basic\.get"):
+        channel.basic_get("log")
+
+    async def ignore(message: object, tag: int) -> None:
+        pass
+
+    with pytest.raises(MemoryBrokerError, match="needs a prefetch"):
+        channel.basic_consume("log", ignore, {"x-stream-offset": "first"})
+    aged = StreamLog({"x-max-age": "1s"})
+    aged.append(b"old", properties, "", "log")
+    aged.entries[0] = replace(aged.entries[0], at=datetime.now(UTC) - timedelta(seconds=2))
+    aged.append(b"new", properties, "", "log")
+    assert [e.body for e in aged.entries] == [b"new"]
 
 
 def test_a_stream_is_drawn_as_one_and_needs_no_consumer() -> None:
@@ -93,3 +120,38 @@ def test_a_stream_is_drawn_as_one_and_needs_no_consumer() -> None:
     assert 'q_log[["log (stream)"]]' in render(build(topology))
     assert problems([Row("log", True, log=True)]) == []
     assert problems([Row("work", True)]) == ["work has no consumer"]
+
+
+async def test_tail_on_the_embedded_broker_reads_a_stream_and_watches_an_exchange() -> None:
+    from framework import Settings
+    from framework.ops.tail import event_line, tail
+    from framework.topology.expand import BindingDecl, ExchangeDecl, QueueDecl
+    from framework.transport import open_transport
+    from framework.transport.embedded import forget
+
+    url = "memory://tail-test"
+    transport = open_transport(Settings(_env_file=None, broker_url=url), "t")  # type: ignore[call-arg]
+    try:
+        await transport.declare(ExchangeDecl("events", "topic"))
+        await transport.declare(QueueDecl("log", arguments={"x-queue-type": "stream"}))
+        await transport.declare(BindingDecl("events", "log", "queue", "#"))
+        channel = await transport.publish_channel(1)
+        properties = Basic.Properties(message_type="order.placed", message_id="m-1")
+        await channel.publish(("events", "order.placed", b'{"n": 1}', properties))
+        lines: list[str] = []
+        shown = await tail(
+            transport, lambda d: lines.append(event_line(d)), stream="log", offset="first", count=1
+        )
+        assert shown == 1 and "@0 events [order.placed] order.placed id=m-1" in lines[0]
+
+        watching = asyncio.create_task(
+            tail(transport, lambda d: lines.append(d.routing_key), exchange="events",
+                 keys=["order.*"], count=1)
+        )  # fmt: skip
+        await asyncio.sleep(0.05)
+        await channel.publish(("events", "payment.captured", b"{}", Basic.Properties()))
+        await channel.publish(("events", "order.paid", b"{}", Basic.Properties()))
+        assert await asyncio.wait_for(watching, 5) == 1 and lines[-1] == "order.paid"
+    finally:
+        await transport.close()
+        forget(url)
