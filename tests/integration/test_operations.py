@@ -126,24 +126,24 @@ def test_export_of_the_shops_live_topology_plans_unchanged(
     asyncio.run(
         until(
             lambda: (
-                len(admin.request("GET", f"queues/{vhost}") or []) == 26
+                len(admin.request("GET", f"queues/{vhost}") or []) == 27
                 and len([b for b in admin.request("GET", f"bindings/{vhost}") or [] if b["source"]])
-                == 8
+                == 9
             ),
-            what="the shop's 26 queues and 8 bindings listed",
+            what="the shop's 27 queues and 9 bindings listed",
         )
     )
     out = tmp_path / "exported.yaml"
     exported = kanin("topology", "export", "--out", str(out), url=url)
     assert exported.returncode == 0, exported.stderr
-    assert exported.stdout == f"wrote {out}: 2 exchanges, 5 queues, 8 bindings\n"
+    assert exported.stdout == f"wrote {out}: 2 exchanges, 6 queues, 9 bindings\n"
     assert exported.stderr == ""  # nothing left out
     assert kanin("topology", "validate", str(out)).returncode == 0
     planned = kanin("topology", "plan", str(out), url=url)
     assert planned.returncode == 0, planned.stdout + planned.stderr
     assert planned.stdout.splitlines()[-1] == (
         f"plan for {url.replace('guest:guest@', 'guest@')}: "
-        "0 to create, 36 unchanged, 0 differ, 0 stale"
+        "0 to create, 38 unchanged, 0 differ, 0 stale"
     )
 
 

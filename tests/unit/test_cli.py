@@ -35,7 +35,7 @@ def test_validate_prints_a_summary() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "config/topology.yaml: ok",
-        "  2 exchanges, 5 queues, 8 bindings",
+        "  2 exchanges, 6 queues, 9 bindings",
         "  generated: 16 retry queues, 5 dead-letter queues",
     ]
 

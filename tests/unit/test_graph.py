@@ -42,7 +42,7 @@ def test_the_shop_as_dot_renders_with_graphviz(tmp_path: Path) -> None:
         ["dot", "-Tsvg", str(source)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and result.stderr == ""
-    assert result.stdout.count('class="node"') == 20 and "payments.charge.dlq" in result.stdout
+    assert result.stdout.count('class="node"') == 21 and "payments.charge.dlq" in result.stdout
 
 
 def test_names_that_are_not_identifiers_get_safe_ids() -> None:
