@@ -38,6 +38,12 @@ def integer(value: Any) -> int | None:
         return None
 
 
+def trace_id(headers: Mapping[str, Any]) -> str | None:
+    """The trace id of a W3C ``traceparent`` header, if it holds one."""
+    parts = (text(headers.get("traceparent")) or "").split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+
+
 def get_text(headers: Mapping[str, Any], name: str) -> str | None:
     return text(headers.get(name))
 

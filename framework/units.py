@@ -57,6 +57,14 @@ def parse_size(value: Any) -> Any:
 Size = Annotated[int, BeforeValidator(parse_size)]
 
 
+def millis_text(ms: int) -> str:
+    """Whole milliseconds as the shortest duration a file reads back: ``30s``, ``1500ms``."""
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
 def broker_age(seconds: float) -> str:
     """A retention age as RabbitMQ's ``x-max-age`` writes it: ``30D``, ``12h``, ``90m``, ``45s``."""
     whole = max(1, math.ceil(round(seconds, 6)))

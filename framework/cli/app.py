@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import version as package_version
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
 
 from framework.errors import ConfigError, KaninError, TopologyError
 from framework.settings import Settings
+
+if TYPE_CHECKING:
+    from framework.transport import Transport
+
+T = TypeVar("T")
 
 # Plain help (no boxes, no <type> labels) that reads well in 80 columns; -h as --help.
 HELP: dict[str, Any] = {
@@ -68,6 +74,22 @@ def server_settings(command: str, **overrides: Any) -> Settings:
             "the embedded broker of one process (kanin run, kanin demo)"
         )
     return settings
+
+
+def on_broker(settings: Settings, name: str, work: Callable[[Transport], Awaitable[T]]) -> T:
+    """Run ``work`` on a transport of its own (connection ``<service>-<name>``), connected
+    at once (one round over the hosts) and closed afterwards."""
+    from framework.transport import open_transport
+
+    async def main() -> T:
+        transport = open_transport(settings, f"{settings.service_name}-{name}")
+        try:
+            await transport.connect(0)
+            return await work(transport)
+        finally:
+            await transport.close()
+
+    return asyncio.run(main())
 
 
 @contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
@@ -13,7 +12,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from framework.cli.app import HELP, BrokerOpt, app, reported, server_settings
+from framework.cli.app import HELP, BrokerOpt, app, on_broker, reported, server_settings
 from framework.cli.dlq_view import describe, failed_at, progress_bar, summary, when
 from framework.errors import ConfigError, KaninError
 from framework.ops import dlq
@@ -21,7 +20,7 @@ from framework.ops.walk import Tally
 from framework.settings import Settings
 from framework.topology import load_topology
 from framework.tracing import Tracing, provider_from_env
-from framework.transport import Transport, open_transport
+from framework.transport import Transport
 
 dlq_app = typer.Typer(
     help="Dead-letter queues: list their failures, show, replay, export or purge messages.",
@@ -111,16 +110,8 @@ def _selection(
 
 
 def _run(settings: Settings, work: Callable[[Transport], Awaitable[T]]) -> T:
-    async def main() -> T:
-        transport = open_transport(settings, f"{settings.service_name}-dlq")
-        try:
-            await transport.connect(0)
-            return await work(transport)
-        finally:
-            await transport.close()
-
     try:
-        return asyncio.run(main())
+        return on_broker(settings, "dlq", work)
     except KeyboardInterrupt:
         typer.echo("interrupted: whatever was not moved is still in the queue, in order", err=True)
         raise typer.Exit(130) from None

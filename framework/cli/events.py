@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from typing import Annotated
 
 import typer
 
-from framework.cli.app import HELP, BrokerOpt, app, reported, server_settings
+from framework.cli.app import HELP, BrokerOpt, app, on_broker, reported, server_settings
 from framework.errors import ConfigError
 from framework.ops.tail import event_line, event_record, parse_offset, tail
-from framework.transport import Delivery, open_transport
+from framework.transport import Delivery, Transport
 from framework.transport.base import StreamOffset
 
 events_app = typer.Typer(help="Watch the events that pass through the broker.", **HELP)
@@ -69,19 +68,14 @@ def tail_command(
             line = json.dumps(event_record(delivery), ensure_ascii=False, default=str)
             typer.echo(line if as_json else event_line(delivery))
 
-        async def watch() -> int:
-            transport = open_transport(settings, f"{settings.service_name}-tail")
-            try:
-                await transport.connect(0)
-                return await tail(
-                    transport, show, exchange=exchange, keys=key or ["#"], stream=stream,
-                    offset=offset, count=count,
-                )  # fmt: skip
-            finally:
-                await transport.close()
+        async def watch(transport: Transport) -> int:
+            return await tail(
+                transport, show, exchange=exchange, keys=key or ["#"], stream=stream,
+                offset=offset, count=count,
+            )  # fmt: skip
 
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a watch: exit 0
-            asyncio.run(watch())
+            on_broker(settings, "tail", watch)
 
 
 def _offset(value: str) -> StreamOffset:

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 from framework.errors import BrokerRefused, ConfigError, KaninError
 from framework.management import Management
-from framework.ops.parked import Parked, replay_properties
+from framework.ops.parked import Parked, parse_time, replay_properties
 from framework.ops.walk import Progress, Tally, walk
 from framework.publisher import Publisher
 from framework.settings import Settings
@@ -52,8 +52,8 @@ class Selection:
             frozenset(error_types or ()),
             frozenset(consumers or ()),
             frozenset(message_ids or ()),
-            _utc(failed_after),
-            _utc(failed_before),
+            parse_time(failed_after),
+            parse_time(failed_before),
         )
 
     def __call__(self, parked: Parked) -> bool:
@@ -242,9 +242,3 @@ async def _walk(transport: Transport, queue: str, *args: Any, **kwargs: Any) -> 
         if exc.code == 404:
             raise NoSuchQueue(f"no queue {queue!r} on the broker") from None
         raise
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -19,10 +19,10 @@ import yaml
 from framework.management import LiveTopology
 from framework.retry import RetryPolicy
 from framework.topology.model import QUEUE_KEYS
+from framework.units import millis_text
 
 _WAIT = re.compile(r"(?P<queue>.+)\.retry\.(?P<n>[1-9][0-9]*)")
 _AGE = re.compile(r"([0-9]+)([Dhms])")  # RabbitMQ's x-max-age; Y and M have no fixed length
-_UNITS = (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000))
 _SIMPLE = {
     "x-max-length": "max_length",
     "x-max-length-bytes": "max_length_bytes",
@@ -132,9 +132,9 @@ def _queue(name: str, queues: dict[str, Any]) -> tuple[dict[str, Any], set[str],
         used.add(f"{name}.dlq")
     for argument, value in sorted(arguments.items()):
         if argument == "x-message-ttl":
-            spec["message_ttl"] = _duration(int(value))
+            spec["message_ttl"] = millis_text(int(value))
         elif argument == "x-expires":
-            spec["expires"] = _duration(int(value))
+            spec["expires"] = millis_text(int(value))
         elif argument == "x-max-age":
             age = _AGE.fullmatch(str(value))
             if age is None:
@@ -181,7 +181,7 @@ def _retry(name: str, queues: dict[str, Any]) -> tuple[dict[str, Any] | None, se
 def _policies(waits: list[int]) -> list[dict[str, Any]]:
     attempts = len(waits) + 1
     first, last = waits[0], waits[-1]
-    fixed = {"attempts": attempts, "backoff": "fixed", "initial": _duration(first)}
+    fixed = {"attempts": attempts, "backoff": "fixed", "initial": millis_text(first)}
     if len(waits) == 1 or len(set(waits)) == 1:
         return [fixed]
     multiplier = waits[1] / waits[0]
@@ -189,18 +189,11 @@ def _policies(waits: list[int]) -> list[dict[str, Any]]:
         {
             "attempts": attempts,
             "backoff": "exponential",
-            "initial": _duration(first),
+            "initial": millis_text(first),
             "multiplier": round(multiplier, 6),
-            "max": _duration(last),
+            "max": millis_text(last),
         }
     ]
-
-
-def _duration(ms: int) -> str:
-    for unit, size in _UNITS:
-        if ms and ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"
 
 
 def _binding(

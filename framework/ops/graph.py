@@ -11,6 +11,7 @@ from typing import Literal
 
 from framework.topology.expand import Declarations, expand
 from framework.topology.model import Topology
+from framework.units import millis_text
 
 Format = Literal["mermaid", "dot"]
 Shape = Literal["exchange", "queue", "wait", "dlq", "consumer"]
@@ -61,7 +62,9 @@ def build(topology: Topology, consumers: Sequence[tuple[str, str]] = ()) -> Grap
         if spec.retry is not None and spec.retry.attempts > 1:
             delays = spec.retry.delays_ms()
             span = (
-                _ms(delays[0]) if len(set(delays)) == 1 else f"{_ms(delays[0])}..{_ms(delays[-1])}"
+                millis_text(delays[0])
+                if len(set(delays)) == 1
+                else f"{millis_text(delays[0])}..{millis_text(delays[-1])}"
             )
             last = f"{spec.name}.retry.{len(delays)}"
             name = (
@@ -77,13 +80,6 @@ def build(topology: Topology, consumers: Sequence[tuple[str, str]] = ()) -> Grap
             (graph.node("queue", queue_name), graph.node("consumer", name), "", False)
         )
     return graph
-
-
-def _ms(ms: int) -> str:
-    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"
 
 
 _MERMAID = {

@@ -15,7 +15,7 @@ from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
-from framework.headers import BYTES, integer, plain, text
+from framework.headers import BYTES, integer, plain, text, trace_id
 from framework.transport.base import Delivery, Properties
 
 # Headers a replayed copy leaves behind: why and where it failed (kanin's and the broker's).
@@ -90,8 +90,7 @@ class Parked:
 
     @property
     def trace_id(self) -> str | None:
-        parts = (text(self.delivery.headers.get("traceparent")) or "").split("-")
-        return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+        return trace_id(self.delivery.headers)
 
     def matches_id(self, ids: Collection[str]) -> bool:
         """Named by its ``message_id`` or its idempotency key (the id it was first

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from framework.headers import integer, text
+from framework.headers import integer, text, trace_id
 from framework.transport.base import Delivery, StreamOffset, Transport
 
 PREFETCH = 100
@@ -71,7 +71,6 @@ def parse_offset(value: str) -> StreamOffset:
 def event_record(delivery: Delivery) -> dict[str, Any]:
     """What ``kanin events tail --json`` prints of one event."""
     properties, headers = delivery.properties, delivery.headers
-    traceparent = (text(headers.get("traceparent")) or "").split("-")
     when = properties.timestamp
     offset = headers.get("x-stream-offset")
     record: dict[str, Any] = {
@@ -82,7 +81,7 @@ def event_record(delivery: Delivery) -> dict[str, Any]:
         "version": integer(headers.get("x-event-version")),
         "message_id": text(properties.message_id),
         "correlation_id": text(properties.correlation_id),
-        "trace_id": traceparent[1] if len(traceparent) == 4 else None,
+        "trace_id": trace_id(headers),
         "body": _body(delivery.body),
     }
     if offset is not None:
