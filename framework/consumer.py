@@ -19,6 +19,7 @@ import logging
 import types
 import typing
 from collections.abc import Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from framework.errors import ConfigError
@@ -190,6 +191,12 @@ class Context:
     def routing_key(self) -> str:
         original = text(self.headers.get("x-original-routing-key"))
         return self._delivery.routing_key if original is None else original
+
+    @property
+    def published_at(self) -> datetime | None:
+        """The ``timestamp`` property: when the event was first published."""
+        when = self._delivery.properties.timestamp
+        return when if isinstance(when, datetime) else None
 
     @property
     def redelivered(self) -> bool:

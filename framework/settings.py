@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     idempotency_url: str = Field(
         "memory://", description="idempotency store: memory://, redis://host:6379/0 or off"
     )
+    checkpoint_url: str | None = Field(
+        None,
+        description="projection checkpoints: memory://, redis://host:6379/0 or "
+        "postgresql://host/db (default: memory://, lost on restart)",
+    )
     idempotency_lease: float = Field(
         60.0, gt=0, description="seconds a claimed key stays in progress (set above timeouts)"
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry.trace import TracerProvider
 
@@ -75,8 +75,22 @@ def queue_specs(consumers: Sequence[type[Consumer]], topology: Topology | None) 
     return base.model_copy(update={"queues": queues}).with_sources(sources)
 
 
+class Extension(Protocol):
+    """Work that runs in a worker beside its consumers, on the worker's transport,
+    publisher and tracing (projections, say): started after the consumers, asked for
+    readiness with them, stopped before the transport closes."""
+
+    def check(self, topology: Topology) -> None:
+        """Refuse (``ConfigError``) what cannot work with ``topology``, before any start."""
+        ...
+
+    async def start(self, worker: Worker) -> None: ...
+    def unready(self) -> list[str]: ...
+    async def stop(self, grace: float) -> None: ...
+
+
 class Worker:
-    """Runs consumer classes. ``await worker.run()`` until ``worker.stop()``."""
+    """Runs consumer classes (and extensions). ``await worker.run()`` until ``worker.stop()``."""
 
     def __init__(
         self,
@@ -87,11 +101,15 @@ class Worker:
         declare: bool = True,
         tracer_provider: TracerProvider | None = None,
         transport: Transport | None = None,
+        extensions: Sequence[Extension] = (),
     ) -> None:
-        if not consumers:
+        if not consumers and not extensions:
             raise ConfigError("no consumer classes to run")
         self.settings = settings
         self.topology = queue_specs(consumers, topology)
+        self.extensions = list(extensions)
+        for extension in self.extensions:
+            extension.check(self.topology)
         specs = {q.name: q for q in self.topology.queues}
         self.declare = declare
         self.transport = transport or open_transport(settings, settings.service_name)
@@ -147,6 +165,8 @@ class Worker:
                 )
                 what = "cancelled by the broker" if cancelled else "lost"
                 problems.append(f"consumer of {runner.queue} {what}")
+        for extension in self.extensions:
+            problems += extension.unready()
         if self.transport.blocked:
             problems.append(f"publishing blocked by the broker: {self.transport.blocked}")
         return problems
@@ -185,6 +205,8 @@ class Worker:
                 runner.name, runner.queue, runner.prefetch, runner.concurrency,
                 runner.policy.attempts,
             )  # fmt: skip
+        for extension in self.extensions:
+            await extension.start(self)
         self._started = True
         self._supervisor = asyncio.create_task(self._supervise())
 
@@ -261,6 +283,8 @@ class Worker:
         open_channels = [ch for ch in self.channels if ch is not None]
         for channel in open_channels:
             await channel.cancel()
+        for extension in self.extensions:
+            await extension.stop(self.settings.shutdown_grace)
         await asyncio.sleep(0)  # deliveries read before the cancel-ok start their tasks
         in_flight = set().union(*(r.in_flight for r in self.runners))
         if in_flight:

@@ -146,3 +146,28 @@ def write(tmp_path: Path):  # type: ignore[no-untyped-def]
         return path
 
     return _write
+
+
+POSTGRES_URL = os.environ.get(
+    "KANIN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+def schema_url(schema: str) -> str:
+    """``POSTGRES_URL`` with ``schema`` first on the search path."""
+    joiner = "&" if "?" in POSTGRES_URL else "?"
+    return f"{POSTGRES_URL}{joiner}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema of database test; dropped, with all it holds, after the
+    test. Its URL: ``schema_url(pg_schema)``."""
+    import psycopg
+
+    name = f"kt_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f"create schema {name}")
+    yield name
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f"drop schema {name} cascade")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from framework.cli import demo, dlq, events, publish, run, status, topology
+from framework.cli import demo, dlq, events, publish, replay, run, status, topology
 from framework.cli.app import app, load_settings, main
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "load_settings",
     "main",
     "publish",
+    "replay",
     "run",
     "status",
     "topology",

@@ -16,7 +16,9 @@ import typer
 from framework.cli.app import BrokerOpt, app, load_settings, reported
 from framework.cli.guards import check_idempotency, topology_for
 from framework.consumer import Consumer
-from framework.errors import KaninError
+from framework.errors import ConfigError, KaninError
+from framework.eventlog.projection import Projection
+from framework.eventlog.service import Projections, check_streams
 from framework.loading import load_consumers
 from framework.logs import configure as configure_logging
 from framework.settings import Settings
@@ -73,14 +75,17 @@ def run_worker(
     the ``OTEL_*`` variables; its spans are flushed before the process ends.
     """
     provider = provider_from_env(settings.service_name, console=trace_console)
+    projections = [c for c in consumers if issubclass(c, Projection)]
+    plain = [c for c in consumers if not issubclass(c, Projection)]
 
     async def main() -> None:
         worker = Worker(
-            consumers,
+            plain,
             settings,
             topology=topology,
             declare=declare,
             tracer_provider=provider,
+            extensions=[Projections(projections)] if projections else (),
         )
         await _serve(worker, parent)
 
@@ -199,6 +204,7 @@ def run(
     """Run consumer classes until SIGTERM or SIGINT (in-flight handlers finish first).
 
     Each TARGET is a module (workers.inventory) or a class (workers.inventory:Reserve).
+    Projection classes among them read their streams from their checkpoints.
 
     Tracing follows the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, ...); see docs/tracing.md.
@@ -216,9 +222,18 @@ def run(
         )
         configure_logging(log_level.value, settings.log_format)
         consumers = load_consumers(targets)
-        loaded = topology_for(settings, consumers, topology)
-        queue_specs(consumers, loaded)  # unusable consumer classes: exit 2 before forking
-        check_idempotency(settings, consumers, processes)
+        projections = [c for c in consumers if issubclass(c, Projection)]
+        plain = [c for c in consumers if c not in projections]
+        loaded = topology_for(settings, plain, topology)
+        # unusable consumer classes or projections: exit 2 before forking
+        check_streams(projections, queue_specs(plain, loaded))
+        check_idempotency(settings, plain, processes)
+        if projections and processes > 1:
+            raise ConfigError(
+                f"--processes {processes} with projections ({projections[0].consumer_name()}): "
+                "a projection reads its stream in order in one process; run projections in "
+                "a 'kanin run' of their own, without --processes"
+            )
         args = (loaded, not no_declare, trace_console)
         if processes == 1:
             run_worker(consumers, settings, *args)
