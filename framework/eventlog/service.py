@@ -33,7 +33,7 @@ def checkpoint_url(cls: type[Projection], settings: Settings) -> tuple[str, str]
         return cls.checkpoint, f"{cls.consumer_name()}.checkpoint"
     if settings.checkpoint_url:
         return settings.checkpoint_url, "KANIN_CHECKPOINT_URL"
-    return "memory://", "the default (no checkpoint or KANIN_CHECKPOINT_URL)"
+    return "memory://", "neither its checkpoint nor KANIN_CHECKPOINT_URL is set"
 
 
 def check_streams(classes: Sequence[type[Projection]], topology: Topology) -> None:

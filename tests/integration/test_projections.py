@@ -9,18 +9,32 @@ import random
 import signal
 import subprocess
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import psycopg
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from framework import Publisher
-from tests.conftest import AMQP_URL, schema_url
+from framework import Event, Publisher, RetryPolicy, Worker, upcaster
+from framework.eventlog import Projection, ProjectionContext
+from framework.eventlog.checkpoints import MemoryCheckpoints
+from framework.eventlog.replay import Replay, last_offset
+from framework.eventlog.service import Projections
+from framework.topology import Topology
+from framework.topology.model import QueueSpec
+from framework.tracing import Tracing
+from framework.transport import open_transport
+from tests.conftest import AMQP_URL, BrokerAdmin, schema_url
 from tests.integration.apps.tally import Tick
 from tests.integration.test_idempotency import REDIS
 from tests.integration.test_operations import KANIN, ROOT, kanin
-from tests.integration.worker_kit import settings
+from tests.integration.test_probes import fetch
+from tests.integration.worker_kit import amqp, settings, started
 
 pytestmark = pytest.mark.integration
 EVENTS = 1000
@@ -50,6 +64,11 @@ def query(schema: str, sql: str) -> list[tuple[Any, ...]]:
             return conn.execute(sql).fetchall()
         except psycopg.errors.UndefinedTable:
             return []
+
+
+def execute(schema: str, sql: str) -> None:
+    with psycopg.connect(schema_url(schema), autocommit=True) as conn:
+        conn.execute(sql)
 
 
 def table_exists(schema: str, table: str) -> bool:
@@ -181,3 +200,256 @@ def test_kanin_run_refuses_a_projection_on_a_queue_and_several_processes(
     )  # fmt: skip
     assert run.returncode == 2
     assert "a projection reads its stream in order in one process" in run.stderr
+
+
+def replay(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [KANIN, "replay", *args],
+        env={**os.environ, "KANIN_BROKER_URL": AMQP_URL, **env}, cwd=ROOT, capture_output=True,
+        text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def dump(schema: str, table: str) -> bytes:
+    with psycopg.connect(schema_url(schema)) as conn, conn.cursor() as cursor:
+        out = bytearray()
+        with cursor.copy(f"copy (select * from {table} order by 1) to stdout") as copy:
+            for block in copy:
+                out += block
+        return bytes(out)
+
+
+async def publish_shop_flows(stream: str, orders: int) -> int:
+    from workers.events import (
+        InventoryReserved,
+        OrderPlaced,
+        PaymentCaptured,
+        PaymentFailed,
+        ShipmentScheduled,
+    )
+    from workers.orders import order
+
+    events: list[Any] = []
+    for n in range(orders):
+        placed = order(f"order-{n:03}")
+        email, total = placed.customer_email, placed.total_cents
+        events += [placed, InventoryReserved(order_id=placed.order_id, customer_email=email,
+                                             total_cents=total)]  # fmt: skip
+        if n % 5 == 4:
+            events.append(PaymentFailed(order_id=placed.order_id, customer_email=email,
+                                        reason="declined"))  # fmt: skip
+            continue
+        events += [
+            PaymentCaptured(order_id=placed.order_id, customer_email=email, amount_cents=total,
+                            payment_id=f"pay-{n}"),
+            ShipmentScheduled(order_id=placed.order_id, customer_email=email,
+                              tracking_id=f"track-{n}"),
+        ]  # fmt: skip
+    async with Publisher(settings()) as publisher:
+        await publisher.publish_many(events, exchange="", routing_key=stream)
+    return len(events)
+
+
+async def test_replay_with_reset_rebuilds_the_order_history_byte_for_byte(
+    prefix: str, pg_schema: str, write: Callable[..., Path]
+) -> None:
+    stream = f"{prefix}.log"
+    topology = stream_topology(write, stream)
+    assert kanin("topology", "apply", str(topology)).returncode == 0
+    total = await publish_shop_flows(stream, 20)
+    env = {"KT_STREAM": stream, "KT_NAME": f"{prefix}.history",
+           "KANIN_CHECKPOINT_URL": schema_url(pg_schema), "KANIN_TOPOLOGY": str(topology)}  # fmt: skip
+    target = "tests.integration.apps.history"
+
+    planned = replay(stream, target, "--dry-run", **env)
+    assert planned.returncode == 0, planned.stderr
+    assert f"would read {stream} from 'first' to {total - 1}" in planned.stdout
+    assert checkpoint(pg_schema, f"{prefix}.history") is None  # nothing changed
+
+    built = replay(stream, target, **env)
+    assert built.returncode == 0, built.stderr
+    assert f"replayed {stream} offsets 0..{total - 1}, {total} events ({total} handled" in (
+        built.stdout
+    )
+    before = dump(pg_schema, "order_history")
+    rows = query(pg_schema, "select order_id, status from order_history order by 1")
+    assert rows[:5] == [("order-000", "shipped"), ("order-001", "shipped"),
+                        ("order-002", "shipped"), ("order-003", "shipped"),
+                        ("order-004", "payment failed")]  # fmt: skip
+    timeline = query(pg_schema, "select timeline from order_history where order_id='order-000'")
+    assert [step["event"] for step in timeline[0][0]] == [
+        "order.placed", "inventory.reserved", "payment.captured", "shipment.scheduled"
+    ]  # fmt: skip
+
+    again = replay(stream, target, "--from", "first", **env)
+    assert again.returncode == 2
+    assert "--from first would pass over those events; add --reset" in again.stderr
+
+    up_to_date = replay(stream, target, **env)  # from the checkpoint: nothing left
+    assert up_to_date.returncode == 0 and "nothing to replay" in up_to_date.stdout
+
+    execute(pg_schema, "drop table order_history")
+    rebuilt = replay(stream, target, "--reset", **env)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert dump(pg_schema, "order_history") == before
+    assert checkpoint(pg_schema, f"{prefix}.history") == total - 1
+
+
+async def test_replay_from_a_time_to_an_offset(
+    prefix: str, pg_schema: str, write: Callable[..., Path]
+) -> None:
+    stream = f"{prefix}.log"
+    topology = stream_topology(write, stream)
+    assert kanin("topology", "apply", str(topology)).returncode == 0
+    await publish_ticks(stream, range(10))
+    await asyncio.sleep(1.5)
+    since = datetime.now(UTC)
+    await asyncio.sleep(0.5)
+    await publish_ticks(stream, range(10, 20))
+    env = {"KT_STREAM": stream, "KT_NAME": "tally", "KANIN_CHECKPOINT_URL": schema_url(pg_schema),
+           "KANIN_TOPOLOGY": str(topology)}  # fmt: skip
+    done = replay(stream, "tests.integration.apps.tally", "--from", since.isoformat(),
+                  "--to", "14", **env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"replayed {stream} offsets 10..14, 5 events" in done.stdout
+    assert query(pg_schema, "select stream_offset, seen from tally order by 1") == [
+        (n, 1) for n in range(10, 15)
+    ]
+    assert checkpoint(pg_schema, "tally") == 14
+    rest = replay(stream, "tests.integration.apps.tally", **env)  # on from the checkpoint
+    assert f"offsets 15..19, 5 events" in rest.stdout, rest.stderr
+
+
+def projection_worker(stream: str, *classes: type[Any], **overrides: Any) -> Worker:
+    topology = Topology(queues=[QueueSpec(name=stream, type="stream")])
+    return Worker(
+        [], settings(**overrides), topology=topology, extensions=[Projections(list(classes))]
+    )
+
+
+@pytest.mark.parametrize("on_error", ["stop", "park"])
+async def test_a_failing_event_stops_the_projection_or_is_parked(
+    prefix: str, admin: BrokerAdmin, on_error: str
+) -> None:
+    stream = f"{prefix}.log"
+    applied: list[int] = []
+
+    class Fussy(Projection):
+        queue = stream
+        name = f"{prefix}.fussy"
+        retry = RetryPolicy(attempts=2, backoff="fixed", initial=0.05)
+
+        async def handle(self, event: Tick, ctx: ProjectionContext) -> None:
+            if event.n == 5:
+                raise ValueError(f"cannot count {event.n}")
+            applied.append(ctx.offset)
+
+    Fussy.on_error = on_error  # type: ignore[assignment]
+    worker = projection_worker(stream, Fussy, http_port=0)
+    async with started(worker):
+        assert worker.probes is not None
+        await publish_ticks(stream, range(10))
+        reader = worker.extensions[0].readers[0]  # type: ignore[attr-defined]
+        await wait_for(lambda: reader.halted or reader.saved == 9, 30, None, "the end or a stop")
+        status, body = await fetch(worker.probes.port, "/readyz")
+        if on_error == "stop":
+            await asyncio.sleep(0.5)  # nothing more comes: it stays at the failing event
+            assert applied == [0, 1, 2, 3, 4] and reader.saved == 4
+            assert (status, body) == (
+                503, f"projection {prefix}.fussy stopped at offset 5 of {stream}: ValueError: "
+                "gave up after 2 attempts: cannot count 5\n",
+            )  # fmt: skip
+        else:
+            assert applied == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+            assert (status, body) == (200, "ready\n")
+    if on_error == "park":
+        async with amqp() as channel:
+            dlq = await channel.declare_queue(f"{prefix}.fussy.dlq", passive=True)
+            parked = await dlq.get(no_ack=True)
+            assert parked is not None and parked.body == Tick(n=5).to_json()
+            assert parked.headers["x-error-type"] == "ValueError"
+            assert parked.headers["x-stream-offset"] == 5
+            assert parked.headers["x-original-queue"] == stream
+            assert parked.headers["x-failed-consumer"] == f"{prefix}.fussy"
+            assert await dlq.get(fail=False) is None
+
+
+class Measured(Event, type="measured", version=2):
+    """Version 1 had ``value`` in centimetres; version 2 has ``millimetres``."""
+
+    millimetres: int
+
+    @upcaster(from_version=1)
+    @staticmethod
+    def _v1(data: dict[str, Any]) -> dict[str, Any]:
+        return {"millimetres": data["value"] * 10}
+
+
+async def test_a_log_holding_v1_and_v2_events_replays_through_the_upcaster(prefix: str) -> None:
+    stream = f"{prefix}.log"
+    seen: list[int] = []
+
+    class Lengths(Projection):
+        queue = stream
+        name = f"{prefix}.lengths"
+
+        async def handle(self, event: Measured, ctx: ProjectionContext) -> None:
+            seen.append(event.millimetres)
+
+    async with amqp() as channel:
+        await channel.declare_queue(stream, durable=True, arguments={"x-queue-type": "stream"})
+        for body, version in ((b'{"value": 3}', 1), (b'{"millimetres": 45}', 2),
+                              (b'{"value": 7}', 1)):  # fmt: skip
+            message = aio_pika.Message(body, type="measured", headers={"x-event-version": version})
+            await channel.default_exchange.publish(message, routing_key=stream)
+    async with started(projection_worker(stream, Lengths)) as worker:
+        reader = worker.extensions[0].readers[0]  # type: ignore[attr-defined]
+        await wait_for(lambda: reader.saved == 2, 30, None, "three events")
+    assert seen == [30, 45, 70]
+
+
+async def test_a_replay_is_one_trace_whose_event_spans_link_to_their_first_traces(
+    prefix: str,
+) -> None:
+    stream = f"{prefix}.log"
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    counted: list[int] = []
+
+    class Counter(Projection):
+        queue = stream
+        name = f"{prefix}.counter"
+
+        async def handle(self, event: Tick, ctx: ProjectionContext) -> None:
+            counted.append(event.n)
+
+    async with amqp() as channel:
+        await channel.declare_queue(stream, durable=True, arguments={"x-queue-type": "stream"})
+    async with Publisher(settings(), tracer_provider=provider) as publisher:
+        for n in range(3):
+            await publisher.publish(Tick(n=n), exchange="", routing_key=stream)
+    sent = {s.attributes["messaging.message.id"]: s for s in exporter.get_finished_spans()}
+    exporter.clear()
+    transport = open_transport(settings(), "kt-replay")
+    await transport.connect(5)
+    tracing = Tracing(provider)
+    try:
+        async with Publisher(settings(), transport, tracing=tracing) as publisher:
+            job = Replay(transport, publisher, tracing, {Counter: MemoryCheckpoints()})
+            outcome = await job.run(Counter, await last_offset(transport, stream))
+    finally:
+        await transport.close()
+    assert counted == [0, 1, 2] and outcome.last == 2 and outcome.handled == 3
+    spans = exporter.get_finished_spans()
+    (root,) = [s for s in spans if s.parent is None]
+    assert root.name == f"replay {stream}"
+    children = [s for s in spans if s.parent is not None]
+    assert [s.name for s in children] == [f"replay {stream} tick"] * 3
+    for child in children:
+        assert child.parent.span_id == root.context.span_id
+        assert child.context.trace_id == root.context.trace_id
+        first = sent[child.attributes["messaging.message.id"]]
+        assert [link.context.span_id for link in child.links] == [first.context.span_id]
+        assert child.attributes["kanin.replay.trace_id"] == format(first.context.trace_id, "032x")
+        assert child.context.trace_id != first.context.trace_id
