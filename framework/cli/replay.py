@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from framework.cli.app import BrokerOpt, app, load_settings, on_broker, reported
+from framework.cli.app import BrokerOpt, app, on_broker, reported, server_settings
 from framework.cli.guards import topology_for
 from framework.errors import ConfigError
 from framework.eventlog.projection import Projection
@@ -73,7 +73,7 @@ def replay_command(
     'kanin run' of those projections first: two readers of one projection apply its
     events twice."""
     with reported():
-        settings = load_settings(broker_url=broker_url, topology=topology)
+        settings = server_settings("replay", broker_url=broker_url, topology=topology)
         classes = [
             c for c in load_consumers(targets) if issubclass(c, Projection) and c.queue == stream
         ]
@@ -96,7 +96,7 @@ def replay_command(
         provider = provider_from_env(settings.service_name)
         tracing = Tracing(provider, fast=settings.fast_paths)
 
-        async def work(transport: Transport) -> list[Outcome]:
+        async def work(transport: Transport) -> list[Outcome | str]:
             stores = await open_stores(classes, settings)
             async with Publisher(settings, transport, tracing=tracing) as publisher:
                 job = Replay(
@@ -108,7 +108,7 @@ def replay_command(
                     end = await last_offset(transport, stream)
                     if dry_run:
                         return [await _plan(job, cls, end, reset, settings) for cls in classes]
-                    outcomes = []
+                    outcomes: list[Outcome | str] = []
                     for cls in classes:
                         if reset:
                             await job.reset(cls)
@@ -126,26 +126,24 @@ def replay_command(
             if provider is not None:
                 provider.shutdown()
         for outcome in outcomes:
-            typer.echo(outcome.line())
-        if any(o.halted for o in outcomes):
+            typer.echo(outcome if isinstance(outcome, str) else outcome.line())
+        if any(isinstance(o, Outcome) and o.halted for o in outcomes):
             raise typer.Exit(1)
 
 
 async def _plan(
     job: Replay, cls: type[Projection], end: int | None, reset: bool, settings: Settings
-) -> Outcome:
+) -> str:
     saved = None if reset else await job.stores[cls].load(cls.projection_name())
     url, _ = checkpoint_url(cls, settings)
-    outcome = Outcome(cls.projection_name(), cls.queue, checkpoint=saved, end=end)
     start = job.start if job.start is not None else (saved + 1 if saved is not None else cls.offset)
     last = end if job.to_offset is None or end is None else min(end, job.to_offset)
-    typer.echo(
-        f"{outcome.name}: would {'reset its checkpoint and ' if reset else ''}read "
+    return (
+        f"{cls.projection_name()}: would {'reset its checkpoint and ' if reset else ''}read "
         f"{cls.queue} from {start!r} to {'the end' if last is None else last}"
         f"{f' or {job.to_time.isoformat()}' if job.to_time else ''} "
         f"(checkpoint {saved}, store {url.split('@')[-1]}); stream ends at {end}"
     )
-    return outcome
 
 
 def _refuse_rereading(cls: type[Projection], begin: StreamOffset | None, saved: int | None) -> None:

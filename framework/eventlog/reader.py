@@ -186,6 +186,11 @@ class ProjectionReader:
             return True  # handled before: read again from the start of its chunk
         if self.first_offset is None:
             self.first_offset = offset
+        if self.position is not None and offset > self.position + 1:
+            self.log.warning(
+                "%s: offsets %d..%d of %s are gone (dropped by its retention) before this "
+                "projection read them", self.name, self.position + 1, offset - 1, self.stream,
+            )  # fmt: skip
         event_type = text(delivery.properties.message_type)
         cls = self.events.get(event_type) if event_type else None
         if cls is None:

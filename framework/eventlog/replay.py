@@ -91,7 +91,8 @@ class Outcome:
         rate = self.events / self.seconds if self.seconds > 0 else 0.0
         text_ = (
             f"{self.name}: replayed {self.stream} offsets {self.first}..{self.last}, "
-            f"{self.events} events ({self.handled} handled, {self.passed} passed over, "
+            f"{self.events} event{'' if self.events == 1 else 's'} "
+            f"({self.handled} handled, {self.passed} passed over, "
             f"{self.parked} parked) in {self.seconds:.1f}s, {rate:.0f} events/s; "
             f"checkpoint {self.checkpoint}"
         )

@@ -1,6 +1,7 @@
 """Every console command and Python snippet of README.md and docs/*.md, run.
 
-Each page gets a vhost of its own on the real RabbitMQ (deleted afterwards) and a working
+Each page gets a vhost of its own on the real RabbitMQ and a schema of its own in
+PostgreSQL (``KANIN_CHECKPOINT_URL`` points there; both deleted afterwards), and a working
 directory with the repository's ``config/`` and ``workers/`` in it. Blocks run in page
 order: ``console`` commands in a shell (``kanin run`` ones in the background until the
 block ends, then SIGTERM), ``python`` blocks in one namespace per page (top-level
@@ -34,7 +35,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import AMQP_URL, BrokerAdmin
+from tests.conftest import AMQP_URL, BrokerAdmin, schema_url
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +80,7 @@ def test_every_block_is_run_or_says_why_not() -> None:
 class Page:
     """The environment one page's blocks run in."""
 
-    def __init__(self, vhost: str, work: Path) -> None:
+    def __init__(self, vhost: str, work: Path, schema: str) -> None:
         self.vhost = vhost
         self.work = work
         self.url = AMQP_URL.rstrip("/") + "/" + vhost
@@ -88,6 +89,7 @@ class Page:
             KANIN_BROKER_URL=self.url,
             PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
             PYTHONPATH=str(ROOT),
+            KANIN_CHECKPOINT_URL=schema_url(schema),
         )
         # the page's Python blocks share a module, as a reader's file would be one
         self.module = types.ModuleType(f"snippets_{vhost.replace('-', '_')}")
@@ -203,7 +205,7 @@ def wait_started(block: Block, command: str, process: subprocess.Popen[str], log
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         text = log.read_text() if log.exists() else ""
-        if " started on " in text:
+        if " started on " in text or re.search(r"projection \S+ reading ", text):
             return
         if process.poll() is not None:
             raise AssertionError(f"{block}: `{command}` ended, exit {process.returncode}:\n{text}")
@@ -227,7 +229,11 @@ def run_python(page: Page, block: Block) -> None:
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_the_page_runs(
-    page: Path, admin: BrokerAdmin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    page: Path,
+    admin: BrokerAdmin,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    pg_schema: str,
 ) -> None:
     vhost = f"kt-docs-{os.urandom(4).hex()}"
     admin.request("PUT", f"vhosts/{vhost}", {})
@@ -235,7 +241,7 @@ def test_the_page_runs(
     admin.request("PUT", f"permissions/{vhost}/guest", everything)
     for name in ("config", "workers"):
         (tmp_path / name).symlink_to(ROOT / name)
-    env = Page(vhost, tmp_path)
+    env = Page(vhost, tmp_path, pg_schema)
     try:
         for key, value in env.env.items():
             monkeypatch.setenv(key, value)

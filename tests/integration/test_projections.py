@@ -222,7 +222,6 @@ def dump(schema: str, table: str) -> bytes:
 async def publish_shop_flows(stream: str, orders: int) -> int:
     from workers.events import (
         InventoryReserved,
-        OrderPlaced,
         PaymentCaptured,
         PaymentFailed,
         ShipmentScheduled,
@@ -257,8 +256,10 @@ async def test_replay_with_reset_rebuilds_the_order_history_byte_for_byte(
     topology = stream_topology(write, stream)
     assert kanin("topology", "apply", str(topology)).returncode == 0
     total = await publish_shop_flows(stream, 20)
-    env = {"KT_STREAM": stream, "KT_NAME": f"{prefix}.history",
-           "KANIN_CHECKPOINT_URL": schema_url(pg_schema), "KANIN_TOPOLOGY": str(topology)}  # fmt: skip
+    env = {
+        "KT_STREAM": stream, "KT_NAME": f"{prefix}.history",
+        "KANIN_CHECKPOINT_URL": schema_url(pg_schema), "KANIN_TOPOLOGY": str(topology),
+    }  # fmt: skip
     target = "tests.integration.apps.history"
 
     planned = replay(stream, target, "--dry-run", **env)
@@ -317,7 +318,7 @@ async def test_replay_from_a_time_to_an_offset(
     ]
     assert checkpoint(pg_schema, "tally") == 14
     rest = replay(stream, "tests.integration.apps.tally", **env)  # on from the checkpoint
-    assert f"offsets 15..19, 5 events" in rest.stdout, rest.stderr
+    assert "offsets 15..19, 5 events" in rest.stdout, rest.stderr
 
 
 def projection_worker(stream: str, *classes: type[Any], **overrides: Any) -> Worker:

@@ -86,6 +86,7 @@ COMMANDS = [
     *[["topology", c] for c in ("validate", "plan", "apply", "graph", "export")],
     ["events"],
     ["events", "tail"],
+    ["replay"],
     ["dlq"],
     *[["dlq", c] for c in ("list", "show", "replay", "purge", "export")],
 ]
@@ -211,6 +212,7 @@ def test_run_on_the_embedded_broker(tmp_path: Path) -> None:
         ("topology plan", ["topology", "plan", "config/topology.yaml"]),
         ("topology apply", ["topology", "apply", "config/topology.yaml"]),
         ("publish", ["publish", "", "q", "--data", "{}"]),
+        ("replay", ["replay", "shop.events.log", "workers.history"]),
     ],
 )
 def test_server_commands_refuse_the_embedded_broker(command: str, args: list[str]) -> None:
