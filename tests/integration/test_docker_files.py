@@ -11,10 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 import yaml
 
-from tests.conftest import BrokerAdmin
+from tests.conftest import BrokerAdmin, schema_url
 from tests.integration.otlp import Receiver, receiving
 from tests.integration.worker_kit import eventually, kill_tree
 
@@ -76,7 +77,7 @@ def test_host_ports_stay_clear_of_local_servers_and_can_be_moved() -> None:
             match = re.fullmatch(r"\$\{(SHOP_[A-Z_]+):-(\d+)\}", host)
             port = int(match.group(2)) if match else int(host)
             assert port not in taken, f"{name} publishes {port}"
-            if name in ("rabbitmq", "redis"):
+            if name in ("rabbitmq", "redis", "postgres"):
                 assert match, f"{name}: a host port that cannot be moved: {mapping}"
             published.append(port)
     assert len(published) == len(set(published))
@@ -211,3 +212,55 @@ async def test_compose_workers_trace_an_order_through_the_shop(vhost: str, tmp_p
                     kill_tree(process)
     for process, name in zip(processes, WORKERS, strict=True):
         assert process.returncode == 0, (tmp_path / f"{name}.log").read_text()[-2000:]
+
+
+async def test_the_history_service_projects_an_order_into_postgresql(
+    vhost: str, tmp_path: Path, pg_schema: str
+) -> None:
+    """The history service as compose starts it, against this machine's RabbitMQ and
+    PostgreSQL (a schema of the test's own in place of the compose database)."""
+    services = compose()["services"]
+    service = services["history"]
+    assert {"postgres", "rabbitmq"} <= set(service["depends_on"])
+    assert services["postgres"]["environment"]["POSTGRES_DB"] == "shop"
+    with receiving() as otlp:
+        env = local_env(service, vhost, otlp, KANIN_HTTP_PORT="0")
+        assert env["KANIN_CHECKPOINT_URL"] == "postgresql://kanin:kanin@postgres:5432/shop"
+        env["KANIN_CHECKPOINT_URL"] = schema_url(pg_schema)
+        log = tmp_path / "history.log"
+        with log.open("w") as out:
+            process = subprocess.Popen(  # noqa: ASYNC220
+                [KANIN, *service["command"]], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=out, text=True, start_new_session=True,
+            )  # fmt: skip
+        try:
+            await eventually(
+                lambda: (
+                    "projection shop.order-history reading" in log.read_text()
+                    or process.poll() is not None
+                ),
+                within=60,
+                what="history started",
+            )
+            assert process.poll() is None, log.read_text()[-2000:]
+            orders = services["orders"]
+            placed = subprocess.run(  # noqa: ASYNC221
+                [sys.executable, *orders["entrypoint"][1:], "1"],
+                env=local_env(orders, vhost, otlp), cwd=ROOT, capture_output=True, text=True,
+                timeout=60,
+            )  # fmt: skip
+            assert placed.returncode == 0, placed.stderr
+
+            def status() -> list[tuple[str, str]]:
+                with psycopg.connect(schema_url(pg_schema)) as conn:
+                    return conn.execute("select order_id, status from order_history").fetchall()
+
+            await eventually(lambda: status() == [("order-0", "placed")], within=30,
+                             what="the order in order_history")  # fmt: skip
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            finally:
+                kill_tree(process)
+    assert process.returncode == 0, log.read_text()[-2000:]
