@@ -32,6 +32,10 @@ log = logging.getLogger("kanin.projection")
 Spans = Callable[[Delivery], AbstractContextManager[Any]]
 
 
+class _Redo(Exception):
+    """An event failed in a unit run without savepoints: run the unit again with them."""
+
+
 @dataclass
 class ProjectionStats:
     received: int = 0
@@ -148,26 +152,21 @@ class ProjectionReader:
 
     async def unit(self, first: Delivery, stop: Stop | None) -> bool:
         """Handle ``first`` and the events already here (up to ``batch``), then save the
-        checkpoint; True once ``stop`` is reached."""
+        checkpoint; True once ``stop`` is reached.
+
+        In a transaction (PostgreSQL) the events run without savepoints; if one fails,
+        the transaction is rolled back and the same events run again, each in a
+        savepoint, so the failure is retried and settled alone. A savepoint costs two
+        round trips per event, which this keeps to the units that need them."""
         taken: list[Delivery] = []
-        done = False
+        counts = (self.stats.received, self.stats.handled, self.stats.passed)
         try:
-            async with self.store.unit(self.name) as unit:
-                delivery: Delivery | None = first
-                while delivery is not None:
-                    if stop is not None and stop.beyond(delivery):
-                        done = True
-                        break
-                    taken.append(delivery)
-                    if not await self.apply(delivery, unit):
-                        break
-                    if stop is not None and self.position is not None:
-                        done = stop.reached(self.position)
-                    if done or len(taken) >= self.batch or self._inbox.empty():
-                        break
-                    delivery = self._inbox.get_nowait()
-                if self.position != self.saved:
-                    unit.offset = self.position
+            try:
+                done = await self._unit(first, stop, taken, careful=False)
+            except _Redo:
+                self.position = self.saved
+                self.stats.received, self.stats.handled, self.stats.passed = counts
+                done = await self._unit(None, stop, taken, careful=True)
         except CheckpointUnavailable:
             self.position = self.saved
             raise
@@ -176,8 +175,39 @@ class ProjectionReader:
             delivery.channel.ack(delivery.delivery_tag)
         return done
 
-    async def apply(self, delivery: Delivery, unit: Unit) -> bool:
-        """One event; False if the projection halts on it."""
+    async def _unit(
+        self, first: Delivery | None, stop: Stop | None, taken: list[Delivery], careful: bool
+    ) -> bool:
+        """One unit: from ``first`` on, taking what waits in the inbox into ``taken``; or,
+        with ``first`` None, ``taken`` again."""
+        done = False
+        again = iter(list(taken)) if first is None else None
+        async with self.store.unit(self.name) as unit:
+            careful = careful or unit.db is None
+            delivery = first if again is None else next(again, None)
+            while delivery is not None:
+                if stop is not None and stop.beyond(delivery):
+                    done = True
+                    break
+                if again is None:
+                    taken.append(delivery)
+                if not await self.apply(delivery, unit, careful):
+                    break
+                if stop is not None and self.position is not None:
+                    done = stop.reached(self.position)
+                if again is not None:
+                    delivery = next(again, None)
+                    continue
+                if done or len(taken) >= self.batch or self._inbox.empty():
+                    break
+                delivery = self._inbox.get_nowait()
+            if self.position != self.saved:
+                unit.offset = self.position
+        return done
+
+    async def apply(self, delivery: Delivery, unit: Unit, careful: bool = True) -> bool:
+        """One event; False if the projection halts on it. Not ``careful``: one attempt,
+        no savepoint, and ``_Redo`` if it fails."""
         self.stats.received += 1
         offset = integer(delivery.headers.get("x-stream-offset"))
         if offset is None:
@@ -200,7 +230,7 @@ class ProjectionReader:
         with self.spans(delivery) as span:
             if span is not None:
                 span.set_attribute("kanin.stream.offset", offset)
-            error = await self.handle(delivery, cls, offset, unit)
+            error = await self.handle(delivery, cls, offset, unit, careful)
             if error is None:
                 self.stats.handled += 1
                 self.position = offset
@@ -221,7 +251,7 @@ class ProjectionReader:
         return False
 
     async def handle(
-        self, delivery: Delivery, cls: type[Event], offset: int, unit: Unit
+        self, delivery: Delivery, cls: type[Event], offset: int, unit: Unit, careful: bool
     ) -> Exception | None:
         """Decode, then handle: up to the policy's attempts in process, each in a step of
         the unit, waiting the policy's delays between them. The last error, or None."""
@@ -229,7 +259,18 @@ class ProjectionReader:
             version = integer(delivery.headers.get("x-event-version")) or None
             event = cls.from_json(delivery.body, version)
         except DecodeError as exc:
+            if not careful:
+                raise _Redo from None
             return exc
+        if not careful:
+            ctx = ProjectionContext(
+                self.stream, delivery, offset, 1, self.log, self.publisher, unit.db
+            )
+            try:
+                await self._call(event, ctx)
+            except Exception:
+                raise _Redo from None
+            return None
         attempt = 1
         while True:
             try:

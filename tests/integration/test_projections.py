@@ -454,3 +454,46 @@ async def test_a_replay_is_one_trace_whose_event_spans_link_to_their_first_trace
         assert [link.context.span_id for link in child.links] == [first.context.span_id]
         assert child.attributes["kanin.replay.trace_id"] == format(first.context.trace_id, "032x")
         assert child.context.trace_id != first.context.trace_id
+
+
+async def test_in_postgresql_a_failing_event_is_retried_alone_and_nothing_counts_twice(
+    prefix: str, pg_schema: str
+) -> None:
+    stream = f"{prefix}.log"
+    tries: dict[int, int] = {}
+
+    class Careful(Projection):
+        queue = stream
+        name = f"{prefix}.careful"
+        checkpoint = schema_url(pg_schema)
+        batch = 10
+        retry = RetryPolicy(attempts=3, backoff="fixed", initial=0.01)
+
+        async def prepare(self, db: Any) -> None:
+            await db.execute("create table tally (stream_offset bigint primary key, seen int)")
+
+        async def handle(self, event: Tick, ctx: ProjectionContext) -> None:
+            await ctx.db.execute(
+                "insert into tally values (%s, 1) on conflict (stream_offset) "
+                "do update set seen = tally.seen + 1",
+                [ctx.offset],
+            )
+            tries[event.n] = tries.get(event.n, 0) + 1
+            if event.n == 5 and tries[5] < 3:  # fails twice, then succeeds
+                raise RuntimeError("not yet")
+            if event.n == 12:
+                raise RuntimeError("never")  # the projection stops here
+
+    async with amqp() as channel:
+        await channel.declare_queue(stream, durable=True, arguments={"x-queue-type": "stream"})
+    await publish_ticks(stream, range(15))  # one unit holds them all: batch 10, then 5
+    async with started(projection_worker(stream, Careful)) as worker:
+        reader = worker.extensions[0].readers[0]  # type: ignore[attr-defined]
+        await wait_for(lambda: reader.halted is not None, 30, None, "the stop at 12")
+    assert reader.saved == 11 and checkpoint(pg_schema, f"{prefix}.careful") == 11
+    # every write of a failed attempt, and of a unit run again, was rolled back
+    assert query(pg_schema, "select stream_offset, seen from tally order by 1") == [
+        (n, 1) for n in range(12)
+    ]
+    assert tries[5] == 1 + 2  # once in the unit without savepoints, then twice in savepoints
+    assert tries[12] == 1 + 3
