@@ -34,7 +34,7 @@ from tests.integration.apps.tally import Tick
 from tests.integration.test_idempotency import REDIS
 from tests.integration.test_operations import KANIN, ROOT, kanin
 from tests.integration.test_probes import fetch
-from tests.integration.worker_kit import amqp, settings, started
+from tests.integration.worker_kit import amqp, close_connections_soon, settings, started
 
 pytestmark = pytest.mark.integration
 EVENTS = 1000
@@ -497,3 +497,42 @@ async def test_in_postgresql_a_failing_event_is_retried_alone_and_nothing_counts
     ]
     assert tries[5] == 1 + 2  # once in the unit without savepoints, then twice in savepoints
     assert tries[12] == 1 + 3
+
+
+async def test_after_a_lost_connection_a_projection_goes_on_from_its_checkpoint(
+    prefix: str, pg_schema: str, admin: BrokerAdmin
+) -> None:
+    stream = f"{prefix}.log"
+
+    class Steady(Projection):
+        queue = stream
+        name = f"{prefix}.steady"
+        checkpoint = schema_url(pg_schema)
+        batch = 20
+        prefetch = 50  # most events arrive after the reconnect
+
+        async def prepare(self, db: Any) -> None:
+            await db.execute("create table tally (stream_offset bigint primary key, seen int)")
+
+        async def handle(self, event: Tick, ctx: ProjectionContext) -> None:
+            await asyncio.sleep(0.002)
+            await ctx.db.execute(
+                "insert into tally values (%s, 1) on conflict (stream_offset) "
+                "do update set seen = tally.seen + 1",
+                [ctx.offset],
+            )
+
+    async with amqp() as channel:
+        await channel.declare_queue(stream, durable=True, arguments={"x-queue-type": "stream"})
+    await publish_ticks(stream, range(500))
+    service = f"{prefix}-svc"
+    async with started(projection_worker(stream, Steady, service_name=service)) as worker:
+        reader = worker.extensions[0].readers[0]  # type: ignore[attr-defined]
+        await wait_for(lambda: (reader.saved or 0) >= 60, 30, None, "some progress")
+        assert await close_connections_soon(admin, service) == 1
+        await wait_for(lambda: reader.saved == 499, 60, None, "the end after the reconnect")
+        await wait_for(lambda: worker.unready() == [], 30, None, "reading again")
+        assert worker.reconnects >= 1 and reader.first_offset == 0
+    assert query(pg_schema, "select stream_offset, seen from tally order by 1") == [
+        (n, 1) for n in range(500)
+    ]
