@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
-from dataclasses import fields
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
@@ -74,11 +73,10 @@ class WorkerCollector(Collector):
         # copies each dict before iterating it.
         worker = self.worker
         labels = ["queue", "consumer"]
-        for field in fields(worker.runners[0].stats):
-            name, text = MESSAGE_COUNTERS[field.name]
+        for field, (name, text) in MESSAGE_COUNTERS.items():
             family = CounterMetricFamily(name, text, labels=labels)
             for runner in worker.runners:
-                family.add_metric([runner.queue, runner.name], getattr(runner.stats, field.name))
+                family.add_metric([runner.queue, runner.name], getattr(runner.stats, field))
             yield family
         durations = HistogramMetricFamily(
             "kanin_handler_duration_seconds", "Handler run time, per try.", labels=labels
@@ -127,6 +125,8 @@ class WorkerCollector(Collector):
             "kanin_ready", "1 when connected and every consumer is consuming.",
             value=0 if worker.unready() else 1,
         )  # fmt: skip
+        for extension in worker.extensions:
+            yield from extension.metrics()
 
 
 def _by_exchange(name: str, text: str, counts: dict[str, int]) -> CounterMetricFamily:

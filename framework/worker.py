@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from opentelemetry.trace import TracerProvider
+from prometheus_client.metrics_core import Metric
 
 from framework.consumer import Consumer
 from framework.errors import BrokerError, ConfigError, KaninError
@@ -86,6 +87,10 @@ class Extension(Protocol):
 
     async def start(self, worker: Worker) -> None: ...
     def unready(self) -> list[str]: ...
+    def metrics(self) -> Iterable[Metric]:
+        """Its Prometheus families, read on the probe server's thread."""
+        ...
+
     async def stop(self, grace: float) -> None: ...
 
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from framework.errors import ConfigError, KaninError
 from framework.eventlog.checkpoints import CheckpointStore, open_checkpoints
@@ -138,6 +141,31 @@ class Projections:
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    def metrics(self) -> Iterator[Metric]:
+        labels = ["stream", "projection"]
+        events = CounterMetricFamily(
+            "kanin_projection_events", "Events of the stream read by a projection, by outcome.",
+            labels=[*labels, "outcome"],
+        )  # fmt: skip
+        offset = GaugeMetricFamily(
+            "kanin_projection_checkpoint",
+            "Offset of the last event saved as handled.",
+            labels=labels,
+        )
+        stopped = GaugeMetricFamily(
+            "kanin_projection_stopped", "1 when the projection halted on a failing event.",
+            labels=labels,
+        )  # fmt: skip
+        for reader in list(self.readers):
+            key = [reader.stream, reader.name]
+            stats = reader.stats
+            for outcome in ("handled", "passed", "parked"):
+                events.add_metric([*key, outcome], getattr(stats, outcome))
+            if reader.saved is not None:
+                offset.add_metric(key, reader.saved)
+            stopped.add_metric(key, 1 if reader.halted else 0)
+        yield from (events, offset, stopped)
 
     def unready(self) -> list[str]:
         if not self.readers:

@@ -353,6 +353,15 @@ async def test_a_failing_event_stops_the_projection_or_is_parked(
         reader = worker.extensions[0].readers[0]  # type: ignore[attr-defined]
         await wait_for(lambda: reader.halted or reader.saved == 9, 30, None, "the end or a stop")
         status, body = await fetch(worker.probes.port, "/readyz")
+        scraped, metrics = await fetch(worker.probes.port, "/metrics")
+        assert scraped == 200  # a worker with no consumer class, only a projection
+        key = f'projection="{prefix}.fussy",stream="{stream}"'
+        assert f"kanin_projection_stopped{{{key}}} {1.0 if on_error == 'stop' else 0.0}" in metrics
+        assert f"kanin_projection_checkpoint{{{key}}} {4.0 if on_error == 'stop' else 9.0}" in (
+            metrics
+        )
+        parked = 1.0 if on_error == "park" else 0.0
+        assert f'kanin_projection_events_total{{outcome="parked",{key}}} {parked}' in metrics
         if on_error == "stop":
             await asyncio.sleep(0.5)  # nothing more comes: it stays at the failing event
             assert applied == [0, 1, 2, 3, 4] and reader.saved == 4
