@@ -82,12 +82,10 @@ def replay_command(
         loaded = topology_for(settings, [], topology)
         if loaded is not None:
             check_streams(classes, loaded)
-        begin = _where("--from", start) if start is not None else None
-        if isinstance(begin, str) and begin != "first":
-            raise ConfigError(f"--from {start!r}: write first, an offset or an ISO 8601 time")
-        until = _where("--to", to) if to is not None else None
-        if isinstance(until, str):
-            raise ConfigError(f"--to {to!r}: write an offset or an ISO 8601 time")
+        begin = _where("--from", start, ("first",)) if start is not None else None
+        until = _where("--to", to, ()) if to is not None else None
+        if isinstance(begin, int) and isinstance(until, int) and until < begin:
+            raise ConfigError(f"--to {until} comes before --from {begin}")
         if reset and not dry_run and not yes and sys.stdin.isatty():
             names = ", ".join(c.projection_name() for c in classes)
             if not typer.confirm(f"Clear the checkpoint and read model of {names}?"):
@@ -156,11 +154,16 @@ def _refuse_rereading(cls: type[Projection], begin: StreamOffset | None, saved: 
         )
 
 
-def _where(flag: str, value: str) -> StreamOffset:
+def _where(flag: str, value: str, words: tuple[str, ...]) -> StreamOffset:
+    """An offset, an ISO 8601 time, or one of ``words``."""
     try:
-        return parse_offset(value)
+        where = parse_offset(value)
     except ValueError:
-        raise ConfigError(f"{flag} {value!r}: write first, an offset or an ISO 8601 time") from None
+        where = None
+    if where is None or (isinstance(where, str) and where not in words):
+        said = ", ".join([*words, "an offset"])
+        raise ConfigError(f"{flag} {value!r}: write {said} or an ISO 8601 time")
+    return where
 
 
 @contextmanager

@@ -92,6 +92,7 @@ class ProjectionReader:
         self.position: int | None = None  # last event handled or passed over
         self.halted: str | None = None  # why the projection stopped, if it did
         self.first_offset: int | None = None  # the first event of this reader not seen before
+        self._resumes_at: int | None = None  # the offset a read from the checkpoint expects
         self.channel: ConsumerChannel | None = None
         self.stats = ProjectionStats()
         self.log = logging.getLogger(f"kanin.projection.{cls.__name__}")
@@ -121,6 +122,8 @@ class ProjectionReader:
         """Read from ``start`` until the channel goes, ``stop`` is reached (True), or the
         projection halts on an event (``halted`` says why)."""
         self.position = self.saved
+        resuming = self.saved is not None and start == self.saved + 1
+        self._resumes_at = start if resuming and isinstance(start, int) else None
         channel = await transport.consumer_channel(
             self.stream, self.prefetch, self.stats, offset=start
         )
@@ -216,11 +219,14 @@ class ProjectionReader:
             return True  # handled before: read again from the start of its chunk
         if self.first_offset is None:
             self.first_offset = offset
-        if self.position is not None and offset > self.position + 1:
-            self.log.warning(
-                "%s: offsets %d..%d of %s are gone (dropped by its retention) before this "
-                "projection read them", self.name, self.position + 1, offset - 1, self.stream,
-            )  # fmt: skip
+        if self._resumes_at is not None:
+            if offset > self._resumes_at:
+                self.log.warning(
+                    "%s: offsets %d..%d of %s are gone (dropped by its retention) before "
+                    "this projection read them", self.name, self._resumes_at, offset - 1,
+                    self.stream,
+                )  # fmt: skip
+            self._resumes_at = None
         event_type = text(delivery.properties.message_type)
         cls = self.events.get(event_type) if event_type else None
         if cls is None:

@@ -123,8 +123,12 @@ class Replay:
     async def reset(self, cls: type[Projection]) -> None:
         """Clear ``cls``'s checkpoint (and its read model, by its ``on_reset``)."""
         projection = cls()
-        await self.stores[cls].run(projection.prepare)
-        await self.stores[cls].reset(cls.projection_name(), projection.on_reset)
+        await projection.on_startup()
+        try:
+            await self.stores[cls].run(projection.prepare)
+            await self.stores[cls].reset(cls.projection_name(), projection.on_reset)
+        finally:
+            await projection.on_shutdown()
 
     async def run(self, cls: type[Projection], end: int | None) -> Outcome:
         spans = ReplaySpans(self.tracing, cls.queue)

@@ -222,3 +222,24 @@ def test_server_commands_refuse_the_embedded_broker(command: str, args: list[str
         f"error: kanin {command} needs a RabbitMQ broker (amqp:// or amqps://): memory:// is "
         "the embedded broker of one process (kanin run, kanin demo)\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--from", "10", "--to", "5"], "--to 5 comes before --from 10"),
+        (["--from", "last"], "--from 'last': write first, an offset or an ISO 8601 time"),
+        (["--to", "next"], "--to 'next': write an offset or an ISO 8601 time"),
+        (["--to", "soon"], "--to 'soon': write an offset or an ISO 8601 time"),
+    ],
+)
+def test_replay_refuses_a_range_it_cannot_read(args: list[str], message: str) -> None:
+    result = kanin("replay", "shop.events.log", "workers.history", *args)
+    assert (result.returncode, result.stderr) == (2, f"error: {message}\n")
+
+
+def test_replay_needs_a_projection_of_the_stream() -> None:
+    result = kanin("replay", "shop.events.log", "workers.inventory")
+    assert (result.returncode, result.stderr) == (
+        2, "error: no projection in workers.inventory reads 'shop.events.log'\n"
+    )  # fmt: skip

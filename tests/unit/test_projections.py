@@ -17,7 +17,7 @@ from framework.eventlog import Projection, ProjectionContext
 from framework.eventlog.checkpoints import MemoryCheckpoints, open_checkpoints
 from framework.eventlog.replay import Replay, last_offset
 from framework.eventlog.service import Projections, check_streams
-from framework.topology import QueueSpec, Topology
+from framework.topology import QueueSpec, Topology, expand
 from framework.tracing import Tracing
 from framework.transport import open_transport
 
@@ -168,8 +168,6 @@ async def test_a_replay_ends_where_told_and_the_next_goes_on_from_the_checkpoint
 
 
 def _decls(stream: str) -> list[Any]:
-    from framework.topology import expand
-
     return list(expand(topology(stream)).queues)
 
 
@@ -230,3 +228,40 @@ async def test_ctx_db_needs_the_postgresql_store_and_store_urls_are_checked() ->
         assert "ConfigError: gave up after 1 attempt: ctx.db needs the PostgreSQL" in problem
     with pytest.raises(ConfigError, match=r"memory://, redis://\.\.\. or postgresql://"):
         open_checkpoints("mysql://db")
+
+
+async def test_events_dropped_by_retention_before_they_were_read_are_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[int] = []
+
+    class Ticks(Projection):
+        queue = "log"
+        name = "ticks"
+
+        async def handle(self, event: Tick, ctx: ProjectionContext) -> None:
+            seen.append(ctx.offset)
+
+    settings = memory()
+    transport = open_transport(settings, "replay")
+    await transport.connect(0)
+    store = MemoryCheckpoints()
+    small = Topology(queues=[QueueSpec(name="log", type="stream", max_length_bytes=50)])
+    try:
+        for declaration in expand(small).queues:
+            await transport.declare(declaration)
+        await publish(settings, "log", *[Tick(n=n) for n in range(3)])
+        async with Publisher(settings, transport) as publisher:
+            tracing = Tracing(None)
+            await Replay(transport, publisher, tracing, {Ticks: store}).run(Ticks, 2)
+            await publish(settings, "log", *[Tick(n=n) for n in range(3, 20)])  # 3.. dropped
+            end = await last_offset(transport, "log", wait=0.2)
+            await Replay(transport, publisher, tracing, {Ticks: store}).run(Ticks, end)
+    finally:
+        await transport.close()
+    assert end == 19 and seen[:3] == [0, 1, 2] and seen[-1] == 19
+    first_left = seen[3]
+    assert first_left > 3
+    assert f"ticks: offsets 3..{first_left - 1} of log are gone (dropped by its retention)" in (
+        caplog.text
+    )
