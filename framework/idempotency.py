@@ -105,21 +105,25 @@ return 0
 """
 
 
+def redis_client(url: str, timeout: float, what: str) -> Any:
+    """A ``redis.asyncio`` client of ``url`` answering text; ``what`` needs it, and says so
+    when the package is missing."""
+    try:
+        from redis.asyncio import Redis
+    except ImportError:  # pragma: no cover - depends on the install
+        raise ConfigError(f"{what} needs 'pip install kanin[redis]'") from None
+    return Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
+    )
+
+
 class RedisStore:
     """Keys shared by every worker: ``SET NX PX`` leases, done markers with a TTL."""
 
     def __init__(self, url: str, prefix: str = "kanin:idem:", timeout: float = 2.0) -> None:
-        try:
-            from redis.asyncio import Redis
-        except ImportError:  # pragma: no cover - depends on the install
-            raise ConfigError(
-                "the Redis idempotency store needs 'pip install kanin[redis]'"
-            ) from None
         self.url = url
         self.prefix = prefix
-        self.client: Any = Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
-        )
+        self.client = redis_client(url, timeout, "the Redis idempotency store")
         self._claim = self.client.register_script(_CLAIM)
         self._release = self.client.register_script(_RELEASE)
 

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import version as package_version
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -35,6 +36,15 @@ app = typer.Typer(
     **HELP,
 )
 
+TopologyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--topology",
+        metavar="FILE",
+        help="Topology file. Default: $KANIN_TOPOLOGY, else config/topology.yaml.",
+        show_default=False,
+    ),
+]
 BrokerOpt = Annotated[
     str | None,
     typer.Option(

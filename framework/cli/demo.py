@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from framework.cli.app import app, load_settings, reported
+from framework.cli.app import TopologyOpt, app, load_settings, reported
 from framework.consumer import Consumer
 from framework.demo import event_map, run_demo
 from framework.errors import ConfigError
@@ -39,13 +38,7 @@ def demo(
             "last part names the publishing service.",
         ),
     ] = "workers.orders:demo",
-    topology: Annotated[
-        Path | None,
-        typer.Option(
-            metavar="FILE",
-            help="Topology file. Default: $KANIN_TOPOLOGY, else config/topology.yaml.",
-        ),
-    ] = None,
+    topology: TopologyOpt = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", help="Also print the workers' log lines (stderr).")
     ] = False,

@@ -6,12 +6,11 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from framework.cli.app import BrokerOpt, app, on_broker, reported, server_settings
+from framework.cli.app import BrokerOpt, TopologyOpt, app, on_broker, reported, server_settings
 from framework.cli.guards import topology_for
 from framework.errors import ConfigError
 from framework.eventlog.projection import Projection
@@ -59,13 +58,7 @@ def replay_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show the range and change nothing.")
     ] = False,
-    topology: Annotated[
-        Path | None,
-        typer.Option(
-            metavar="FILE",
-            help="Topology file. Default: $KANIN_TOPOLOGY, else config/topology.yaml.",
-        ),
-    ] = None,
+    topology: TopologyOpt = None,
     broker_url: BrokerOpt = None,
 ) -> None:
     """Run the projections of TARGET (a module or module:Class) that read STREAM over a

@@ -8,12 +8,11 @@ import multiprocessing
 import os
 import signal
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from framework.cli.app import BrokerOpt, app, load_settings, reported
+from framework.cli.app import BrokerOpt, TopologyOpt, app, load_settings, reported
 from framework.cli.guards import check_idempotency, topology_for
 from framework.consumer import Consumer
 from framework.errors import ConfigError, KaninError
@@ -138,13 +137,7 @@ def run(
         list[str],
         typer.Argument(metavar="TARGET", hidden=True),
     ],
-    topology: Annotated[
-        Path | None,
-        typer.Option(
-            metavar="FILE",
-            help="Topology file. Default: $KANIN_TOPOLOGY, else config/topology.yaml.",
-        ),
-    ] = None,
+    topology: TopologyOpt = None,
     prefetch: Annotated[
         int | None, typer.Option(min=1, metavar="N", help="Prefetch per consumer without its own.")
     ] = None,

@@ -6,12 +6,11 @@ import asyncio
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from framework.cli.app import BrokerOpt, app, reported, server_settings
+from framework.cli.app import BrokerOpt, TopologyOpt, app, reported, server_settings
 from framework.management import Management
 from framework.ops.status import Row, problems, rows, table
 from framework.settings import Settings
@@ -20,15 +19,7 @@ from framework.topology import Topology, load_topology
 
 @app.command("status")
 def status(
-    topology: Annotated[
-        Path | None,
-        typer.Option(
-            "--topology",
-            metavar="FILE",
-            help="Topology file. Default: $KANIN_TOPOLOGY, else config/topology.yaml.",
-            show_default=False,
-        ),
-    ] = None,
+    topology: TopologyOpt = None,
     watch: Annotated[
         float | None,
         typer.Option(

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from framework.errors import ConfigError, KaninError
+from framework.idempotency import redis_client
 
 TABLE = "kanin_checkpoints"
 _CREATE = f"""
@@ -116,17 +117,9 @@ class RedisCheckpoints:
     durable = True
 
     def __init__(self, url: str, prefix: str = "kanin:checkpoint:", timeout: float = 5.0) -> None:
-        try:
-            from redis.asyncio import Redis
-        except ImportError:  # pragma: no cover - depends on the install
-            raise ConfigError(
-                "the Redis checkpoint store needs 'pip install kanin[redis]'"
-            ) from None
         self.url = url
         self.prefix = prefix
-        self.client: Any = Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
-        )
+        self.client = redis_client(url, timeout, "the Redis checkpoint store")
 
     async def _call(self, what: str, call: Awaitable[Any]) -> Any:
         from redis.exceptions import RedisError

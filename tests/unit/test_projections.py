@@ -7,7 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -59,6 +59,30 @@ async def running(settings: Settings, *classes: type[Projection]) -> AsyncIterat
     finally:
         worker.stop()
         await asyncio.wait_for(task, 10)
+
+
+@asynccontextmanager
+async def connected(settings: Settings, stream: Topology) -> AsyncIterator[Any]:
+    """A transport of the embedded broker of ``settings`` with ``stream`` declared."""
+    transport = open_transport(settings, "replay")
+    await transport.connect(0)
+    try:
+        for declaration in expand(stream).queues:
+            await transport.declare(declaration)
+        yield transport
+    finally:
+        await transport.close()
+
+
+class Offsets(Projection):
+    """Records the offset of every event it handles in ``seen``."""
+
+    queue = "log"
+    name = "ticks"
+    seen: ClassVar[list[int]]
+
+    async def handle(self, event: Tick, ctx: ProjectionContext) -> None:
+        self.seen.append(ctx.offset)
 
 
 async def until(check: Any, what: str) -> None:
@@ -134,41 +158,24 @@ async def test_a_failing_event_halts_at_its_offset_or_is_parked(on_error: str) -
 
 
 async def test_a_replay_ends_where_told_and_the_next_goes_on_from_the_checkpoint() -> None:
-    seen: list[int] = []
-
-    class Ticks(Projection):
-        queue = "log"
-
-        async def handle(self, event: Tick, ctx: ProjectionContext) -> None:
-            seen.append(ctx.offset)
-
+    Offsets.seen = seen = []
     settings = memory()
-    transport = open_transport(settings, "replay")
-    await transport.connect(0)
     store = MemoryCheckpoints()
-    try:
-        for declaration in _decls("log"):
-            await transport.declare(declaration)
+    async with connected(settings, topology("log")) as transport:
         assert await last_offset(transport, "log", wait=0.2) is None  # empty
         await publish(settings, "log", *[Tick(n=n) for n in range(10)])
         end = await last_offset(transport, "log", wait=0.2)
         async with Publisher(settings, transport) as publisher:
             tracing = Tracing(None)
-            first = Replay(transport, publisher, tracing, {Ticks: store}, to_offset=3)
-            done = await first.run(Ticks, end)
-            rest = await Replay(transport, publisher, tracing, {Ticks: store}).run(Ticks, end)
-            again = await Replay(transport, publisher, tracing, {Ticks: store}).run(Ticks, end)
-    finally:
-        await transport.close()
+            first = Replay(transport, publisher, tracing, {Offsets: store}, to_offset=3)
+            done = await first.run(Offsets, end)
+            rest = await Replay(transport, publisher, tracing, {Offsets: store}).run(Offsets, end)
+            again = await Replay(transport, publisher, tracing, {Offsets: store}).run(Offsets, end)
     assert end == 9
     assert (done.first, done.last, done.handled, done.checkpoint) == (0, 3, 4, 3)
     assert (rest.first, rest.last, rest.handled, rest.checkpoint) == (4, 9, 6, 9)
-    assert again.first is None and again.line().endswith("Ticks: nothing to replay (checkpoint 9)")
+    assert again.first is None and again.line() == "ticks: nothing to replay (checkpoint 9)"
     assert seen == list(range(10))
-
-
-def _decls(stream: str) -> list[Any]:
-    return list(expand(topology(stream)).queues)
 
 
 @pytest.mark.parametrize(
@@ -233,32 +240,18 @@ async def test_ctx_db_needs_the_postgresql_store_and_store_urls_are_checked() ->
 async def test_events_dropped_by_retention_before_they_were_read_are_named(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    seen: list[int] = []
-
-    class Ticks(Projection):
-        queue = "log"
-        name = "ticks"
-
-        async def handle(self, event: Tick, ctx: ProjectionContext) -> None:
-            seen.append(ctx.offset)
-
+    Offsets.seen = seen = []
     settings = memory()
-    transport = open_transport(settings, "replay")
-    await transport.connect(0)
     store = MemoryCheckpoints()
     small = Topology(queues=[QueueSpec(name="log", type="stream", max_length_bytes=50)])
-    try:
-        for declaration in expand(small).queues:
-            await transport.declare(declaration)
+    async with connected(settings, small) as transport:
         await publish(settings, "log", *[Tick(n=n) for n in range(3)])
         async with Publisher(settings, transport) as publisher:
             tracing = Tracing(None)
-            await Replay(transport, publisher, tracing, {Ticks: store}).run(Ticks, 2)
+            await Replay(transport, publisher, tracing, {Offsets: store}).run(Offsets, 2)
             await publish(settings, "log", *[Tick(n=n) for n in range(3, 20)])  # 3.. dropped
             end = await last_offset(transport, "log", wait=0.2)
-            await Replay(transport, publisher, tracing, {Ticks: store}).run(Ticks, end)
-    finally:
-        await transport.close()
+            await Replay(transport, publisher, tracing, {Offsets: store}).run(Offsets, end)
     assert end == 19 and seen[:3] == [0, 1, 2] and seen[-1] == 19
     first_left = seen[3]
     assert first_left > 3
