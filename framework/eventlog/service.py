@@ -137,6 +137,9 @@ class Projections:
                     "projection %s: %s; reading again from its checkpoint in %.1fs",
                     reader.name, exc, delay,
                 )  # fmt: skip
+            except Exception as exc:  # a bug: halt where it happened, and say so
+                reader.halted = f"projection {reader.name} failed: {exc!r}"
+                log.exception("projection %s halted at offset %s", reader.name, reader.saved)
             if reader.halted is not None or reader.stopping:
                 return
             await asyncio.sleep(delay)
