@@ -68,6 +68,14 @@ class Settings(BaseSettings):
         description="projection checkpoints: memory://, redis://host:6379/0 or "
         "postgresql://host/db (default: memory://, lost on restart)",
     )
+    outbox_url: str | None = Field(
+        None,
+        description="PostgreSQL database of the outbox (postgresql://...): kanin run also "
+        "relays its rows",
+    )
+    outbox_retention: float = Field(
+        3600.0, gt=0, description="seconds a sent outbox row is kept before it is deleted"
+    )
     idempotency_lease: float = Field(
         60.0, gt=0, description="seconds a claimed key stays in progress (set above timeouts)"
     )

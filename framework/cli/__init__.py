@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from framework.cli import demo, dlq, events, publish, replay, run, status, topology
+from framework.cli import demo, dlq, events, outbox, publish, replay, run, status, topology
 from framework.cli.app import app, load_settings, main
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "events",
     "load_settings",
     "main",
+    "outbox",
     "publish",
     "replay",
     "run",

@@ -7,10 +7,12 @@ import logging
 import multiprocessing
 import os
 import signal
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated
 
 import typer
+from opentelemetry.trace import TracerProvider
 
 from framework.cli.app import BrokerOpt, TopologyOpt, app, load_settings, reported
 from framework.cli.guards import check_idempotency, topology_for
@@ -20,10 +22,11 @@ from framework.eventlog.projection import Projection
 from framework.eventlog.service import Projections, check_streams
 from framework.loading import load_consumers
 from framework.logs import configure as configure_logging
+from framework.outbox.service import OutboxRelay
 from framework.settings import Settings
 from framework.topology import Topology
 from framework.tracing import provider_from_env
-from framework.worker import Worker, queue_specs
+from framework.worker import Extension, Worker, queue_specs
 
 log = logging.getLogger("kanin.run")
 
@@ -60,6 +63,26 @@ async def _serve(worker: Worker, parent: int | None = None) -> None:
             watch.cancel()
 
 
+def serve(
+    make: Callable[[TracerProvider | None], Worker],
+    settings: Settings,
+    trace_console: bool = False,
+    parent: int | None = None,
+) -> None:
+    """Run the worker ``make`` builds in this process until SIGTERM or SIGINT (or
+    ``parent`` exits).
+
+    Tracing is set up here, in the process that runs the worker (after any fork), from
+    the ``OTEL_*`` variables; its spans are flushed before the process ends.
+    """
+    provider = provider_from_env(settings.service_name, console=trace_console)
+    try:
+        asyncio.run(_serve(make(provider), parent))
+    finally:
+        if provider is not None:
+            provider.shutdown()
+
+
 def run_worker(
     consumers: list[type[Consumer]],
     settings: Settings,
@@ -68,31 +91,23 @@ def run_worker(
     trace_console: bool = False,
     parent: int | None = None,
 ) -> None:
-    """Run one worker in this process until SIGTERM or SIGINT (or ``parent`` exits).
-
-    Tracing is set up here, in the process that runs the worker (after any fork), from
-    the ``OTEL_*`` variables; its spans are flushed before the process ends.
-    """
-    provider = provider_from_env(settings.service_name, console=trace_console)
+    """Run one worker for ``consumers`` (projections among them read their streams; the
+    outbox of ``KANIN_OUTBOX_URL`` is relayed)."""
     projections = [c for c in consumers if issubclass(c, Projection)]
     plain = [c for c in consumers if not issubclass(c, Projection)]
+    extensions: list[Extension] = []
+    if projections:
+        extensions.append(Projections(projections))
+    if settings.outbox_url:
+        extensions.append(OutboxRelay(settings.outbox_url, settings.outbox_retention))
 
-    async def main() -> None:
-        worker = Worker(
-            plain,
-            settings,
-            topology=topology,
-            declare=declare,
-            tracer_provider=provider,
-            extensions=[Projections(projections)] if projections else (),
-        )
-        await _serve(worker, parent)
+    def make(provider: TracerProvider | None) -> Worker:
+        return Worker(
+            plain, settings, topology=topology, declare=declare, tracer_provider=provider,
+            extensions=extensions,
+        )  # fmt: skip
 
-    try:
-        asyncio.run(main())
-    finally:
-        if provider is not None:
-            provider.shutdown()
+    serve(make, settings, trace_console, parent)
 
 
 def _child(index: int, consumers: list[type[Consumer]], settings: Settings, *args: object) -> None:

@@ -1,0 +1,119 @@
+"""The transactional outbox: events published inside the caller's database transaction.
+
+    outbox = Outbox(settings)
+    async with outbox.transaction(conn) as tx:       # conn: a psycopg AsyncConnection
+        await conn.execute("insert into orders ...")
+        await tx.publish(OrderPlaced(...), key=order_id)
+
+``tx.publish`` takes what ``Publisher.publish`` takes (plus ``key``, the ordering key)
+and writes the message, its ``message_id`` fixed now, as a row of ``kanin_outbox`` in
+the same transaction: nothing is sent if it rolls back. A relay (``relay.py``) sends the
+committed rows with confirms. The send span starts here, in the caller's trace, and its
+context travels in the row's headers, so the consumer's span is its child.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from opentelemetry.trace import TracerProvider
+
+from framework.events import Event
+from framework.outbox.tables import CHANNEL
+from framework.publisher import envelope
+from framework.settings import Settings
+from framework.tracing import Tracing
+from framework.transport import Properties
+
+INSERT = """
+insert into kanin_outbox (message_id, exchange, routing_key, body, properties, ordering_key)
+values (%s, %s, %s, %s, %s, %s)"""
+_FIELDS = ("content_type", "content_encoding", "delivery_mode", "priority", "correlation_id",
+           "reply_to", "expiration", "message_id", "message_type", "user_id", "app_id")  # fmt: skip
+
+
+def encode(properties: Properties) -> str:
+    """The AMQP properties of a row, as JSON (headers hold text and numbers)."""
+    data: dict[str, Any] = {
+        name: getattr(properties, name) for name in _FIELDS if getattr(properties, name) is not None
+    }
+    if properties.timestamp is not None:
+        data["timestamp"] = properties.timestamp.isoformat()
+    data["headers"] = properties.headers or {}
+    return json.dumps(data, separators=(",", ":"), default=str)
+
+
+def decode(data: Mapping[str, Any]) -> Properties:
+    fields = {name: data[name] for name in _FIELDS if name in data}
+    if "timestamp" in data:
+        fields["timestamp"] = datetime.fromisoformat(data["timestamp"])
+    return Properties(headers=dict(data.get("headers") or {}), **fields)
+
+
+class Outbox:
+    """Writes events into ``kanin_outbox`` within the caller's transactions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
+        self.settings = settings
+        self.tracing = tracing or Tracing.default(tracer_provider, fast=settings.fast_paths)
+
+    @asynccontextmanager
+    async def transaction(self, conn: Any) -> AsyncIterator[OutboxTransaction]:
+        """``conn``'s transaction (a savepoint if one is open); its events are rows of it."""
+        async with conn.transaction():
+            tx = OutboxTransaction(self, conn)
+            yield tx
+            if tx.written:  # delivered at commit: wakes the relays at once
+                await conn.execute(f"notify {CHANNEL}")
+
+
+class OutboxTransaction:
+    """Publishes into the outbox, in the transaction it belongs to."""
+
+    def __init__(self, outbox: Outbox, conn: Any) -> None:
+        self.outbox = outbox
+        self.conn = conn
+        self.written = 0
+
+    async def publish(
+        self,
+        event: Event,
+        *,
+        exchange: str | None = None,
+        routing_key: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        persistent: bool = True,
+        key: str | None = None,
+    ) -> str:
+        """Write ``event`` to the outbox; its ``message_id``. Rows with the same ``key``
+        are sent in the order they were written."""
+        settings = self.outbox.settings
+        properties = envelope(
+            event, app_id=settings.service_name, correlation_id=correlation_id,
+            causation_id=causation_id, idempotency_key=idempotency_key, headers=headers,
+            persistent=persistent,
+        )  # fmt: skip
+        target = exchange
+        if target is None:
+            target = event.event_exchange if event.event_exchange is not None else settings.exchange
+        rk = event.event_type if routing_key is None else routing_key
+        body = event.to_json()
+        with self.outbox.tracing.send(target, rk, properties, len(body)):
+            await self.conn.execute(
+                INSERT, [properties.message_id, target, rk, body, encode(properties), key]
+            )
+        self.written += 1
+        return str(properties.message_id)

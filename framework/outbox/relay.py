@@ -1,0 +1,239 @@
+"""The relay: sends the outbox's committed rows to the broker, with confirms.
+
+Each round, in one transaction: lock up to ``batch`` pending rows (``FOR UPDATE SKIP
+LOCKED``, so several relays share the table and each row is taken by one), publish them
+with confirms, mark the confirmed ones sent, commit. Rows with an ordering key go out in
+the order they were written: a row waits while an earlier row of its key is still
+pending elsewhere, and the rows of one key are sent one after the other. A relay that
+dies between the publish and the commit leaves its rows pending: they are sent again,
+with the same ``message_id``, and the consumers' idempotency drops the copy.
+
+A round starts when a commit with new rows notifies ``kanin_outbox`` (``LISTEN``), or
+every ``poll`` seconds at the latest. While the broker is down rows wait; a row the
+broker refuses (unroutable) keeps its place, its error recorded, and is tried again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from framework.errors import KaninError
+from framework.outbox.outbox import decode
+from framework.outbox.tables import (
+    CHANNEL,
+    OutboxUnavailable,
+    Status,
+    check,
+    connect,
+    first_line,
+    psycopg,
+    status,
+)
+from framework.publisher import Publisher
+
+log = logging.getLogger("kanin.outbox")
+
+CLAIM = """
+with mine as (
+    select id from kanin_outbox where sent_at is null
+    order by attempts, id limit %(batch)s
+    for update skip locked
+)
+select o.id, o.exchange, o.routing_key, o.body, o.properties, o.ordering_key
+from kanin_outbox o join mine on mine.id = o.id
+where o.ordering_key is null or not exists (
+    select 1 from kanin_outbox p
+    where p.ordering_key = o.ordering_key and p.id < o.id and p.sent_at is null
+      and p.id not in (select id from mine))
+order by o.id"""
+SENT = "update kanin_outbox set sent_at = now(), error = null where id = any(%s)"
+FAILED = "update kanin_outbox set attempts = attempts + 1, error = %s where id = %s"
+EXPIRE = "delete from kanin_outbox where sent_at < now() - make_interval(secs => %s)"
+
+
+@dataclass(frozen=True)
+class Row:
+    id: int
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: dict[str, Any]
+    key: str | None
+
+
+class Relay:
+    """Sends ``url``'s outbox through ``publisher`` until ``stop()``."""
+
+    def __init__(
+        self,
+        url: str,
+        publisher: Publisher,
+        *,
+        batch: int = 500,
+        poll: float = 1.0,
+        retention: float = 3600.0,
+        stuck_after: float = 60.0,
+    ) -> None:
+        self.url = url
+        self.publisher = publisher
+        self.batch = batch
+        self.poll = poll
+        self.retention = retention
+        self.stuck_after = stuck_after
+        self.sent = 0
+        self.failed_tries = 0
+        self.status: Status | None = None
+        self.error: str | None = None  # why the last round failed, if it did
+        self.error_since: float | None = None
+        self._conn: Any = None
+        self._listener: Any = None
+        self._listening: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._counted = 0.0
+        self._expired = 0.0
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Send rounds until stopped; a database or broker failure is waited out."""
+        delay = 0.2
+        try:
+            while not self._stopping.is_set():
+                self._wake.clear()
+                try:
+                    sent = await self.round()
+                    self.error = self.error_since = None
+                    delay = 0.2
+                except (OutboxUnavailable, KaninError) as exc:
+                    self._failed(str(exc))
+                    await self._pause(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                if sent < self.batch:  # more may be there when a batch was full
+                    await self._pause(self.poll)
+        finally:
+            await self._close()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    def _failed(self, error: str) -> None:
+        if self.error is None:
+            log.warning("outbox relay: %s; trying again", error)
+            self.error_since = time.monotonic()
+        self.error = error
+
+    async def round(self) -> int:
+        """One round: the rows sent."""
+        conn = await self._connection()
+        pg = psycopg()
+        try:
+            async with conn.transaction():
+                cursor = await conn.execute(CLAIM, {"batch": self.batch})
+                rows = [Row(*record) for record in await cursor.fetchall()]
+                sent, failed = await self.send(rows)
+                if sent:
+                    await conn.execute(SENT, [sent])
+                for row_id, error in failed:
+                    await conn.execute(FAILED, [error, row_id])
+            await self._housekeeping(conn)
+        except pg.Error as exc:
+            raise OutboxUnavailable(f"outbox database: {first_line(exc)}") from None
+        self.sent += len(sent)
+        self.failed_tries += len(failed)
+        return len(sent)
+
+    async def send(self, rows: Sequence[Row]) -> tuple[list[int], list[tuple[int, str]]]:
+        """Publish ``rows``: the ids confirmed, and (id, error) of those that failed.
+        The rows of one key go one after the other, stopping at the first failure."""
+        chains: dict[object, list[Row]] = {}
+        for row in rows:
+            chains.setdefault(row.key if row.key is not None else ("row", row.id), []).append(row)
+        sent: list[int] = []
+        failed: list[tuple[int, str]] = []
+
+        async def chain(members: list[Row]) -> None:
+            for row in members:
+                try:
+                    properties = decode(row.properties)
+                    await self.publisher.publish_raw(
+                        row.exchange, row.routing_key, bytes(row.body), properties
+                    )
+                except KaninError as exc:
+                    failed.append((row.id, str(exc)))
+                    return
+                sent.append(row.id)
+
+        await asyncio.gather(*(chain(members) for members in chains.values()))
+        for row_id, error in failed[:1]:
+            log.error("outbox row %d not sent: %s (kept, tried again)", row_id, error)
+        return sent, failed
+
+    async def _housekeeping(self, conn: Any) -> None:
+        """At most once a second, the counts; once a minute, the retention."""
+        now = time.monotonic()
+        if now - self._counted >= 1.0:
+            self.status = await status(conn)
+            self._counted = now
+        if now - self._expired >= 60.0:
+            await conn.execute(EXPIRE, [self.retention])
+            self._expired = now
+
+    async def _connection(self) -> Any:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            await self._close()
+            self._conn = await connect(self.url)
+            await check(self._conn)
+            self._listener = await connect(self.url)
+            await self._listener.execute(f"listen {CHANNEL}")
+            self._listening = asyncio.create_task(self._listen(self._listener))
+        return self._conn
+
+    async def _listen(self, listener: Any) -> None:
+        try:
+            async for _ in listener.notifies():
+                self._wake.set()
+        except Exception as exc:  # the connection went: the next round reconnects
+            log.debug("outbox listener ended: %s", exc)
+
+    async def _close(self) -> None:
+        if self._listening is not None:
+            self._listening.cancel()
+            await asyncio.gather(self._listening, return_exceptions=True)
+            self._listening = None
+        for conn in (self._listener, self._conn):
+            if conn is not None and not conn.closed:
+                await conn.close()
+        self._conn = self._listener = None
+
+    def unready(self) -> list[str]:
+        """Why the relay is stuck: its database unreachable, or rows waiting too long."""
+        problems = []
+        now = time.monotonic()
+        failing = None if self.error_since is None else now - self.error_since
+        if self.error is not None and failing is not None and failing >= self.stuck_after:
+            problems.append(f"outbox relay failing for {failing:.0f}s: {self.error}")
+        waiting = self.oldest_age()
+        if waiting is not None and waiting >= self.stuck_after and self.status is not None:
+            why = f" (last error: {self.status.last_error})" if self.status.last_error else ""
+            problems.append(
+                f"outbox relay stuck: {self.status.pending} rows pending, the oldest for "
+                f"{waiting:.0f}s{why}"
+            )
+        return problems
+
+    def oldest_age(self) -> float | None:
+        if self.status is None or self.status.oldest is None:
+            return None
+        return (datetime.now(UTC) - self.status.oldest).total_seconds()
