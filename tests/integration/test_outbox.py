@@ -1,0 +1,236 @@
+"""The outbox on real PostgreSQL and RabbitMQ: rolled back or committed, relayed through a
+SIGKILL, by two relays at once in per-key order, and across a broker outage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aio_pika
+import psycopg
+import pytest
+
+from framework import Event, Publisher
+from framework.outbox import tables
+from framework.outbox.outbox import Outbox
+from framework.outbox.relay import Relay
+from tests.conftest import AMQP_URL, schema_url
+from tests.integration.faults import FaultProxy
+from tests.integration.test_operations import KANIN, ROOT
+from tests.integration.worker_kit import amqp, settings
+
+pytestmark = pytest.mark.integration
+
+
+class Step(Event, type="step", version=1):
+    key: str
+    n: int
+
+
+async def write(
+    url: str, queue: str, count: int, keys: int = 0, per_tx: int = 50, first: int = 0
+) -> list[str]:
+    """Events ``first`` .. ``first + count - 1`` into the outbox, ``per_tx`` per
+    transaction, keyed ``k<n mod keys>`` (none without ``keys``); their message ids."""
+    outbox = Outbox(settings())
+    ids: list[str] = []
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        for start in range(first, first + count, per_tx):
+            async with outbox.transaction(conn) as tx:
+                for n in range(start, min(first + count, start + per_tx)):
+                    key = f"k{n % keys}" if keys else None
+                    ids.append(await tx.publish(Step(key=key or "-", n=n), exchange="",
+                                                routing_key=queue, key=key))  # fmt: skip
+    return ids
+
+
+async def drain(
+    queue: str, expected: int, within: float = 60
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Every message of ``queue`` once at least ``expected`` arrived (and nothing more
+    for a moment), in the order they came."""
+    got: list[aio_pika.abc.AbstractIncomingMessage] = []
+    async with amqp() as channel:
+        q = await channel.declare_queue(queue, passive=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        quiet = 0
+        while loop.time() < deadline and (len(got) < expected or quiet < 10):
+            message = await q.get(no_ack=True, fail=False)
+            if message is None:
+                quiet += 1
+                await asyncio.sleep(0.05)
+                continue
+            quiet = 0
+            got.append(message)
+    return got
+
+
+def pending(schema: str) -> int:
+    with psycopg.connect(schema_url(schema)) as conn:
+        return conn.execute("select count(*) from kanin_outbox where sent_at is null").fetchone()[0]
+
+
+def sent(schema: str) -> int:
+    with psycopg.connect(schema_url(schema)) as conn:
+        row = conn.execute("select count(*) from kanin_outbox where sent_at is not null")
+        return row.fetchone()[0]
+
+
+@asynccontextmanager
+async def queue_and_tables(prefix: str, schema: str) -> AsyncIterator[tuple[str, str]]:
+    url = schema_url(schema)
+    await tables.init(url)
+    async with amqp() as channel:
+        await channel.declare_queue(f"{prefix}.q")
+    yield url, f"{prefix}.q"
+
+
+def start_relay(url: str, broker: str = AMQP_URL) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [KANIN, "outbox", "relay", "--url", url],
+        env={**os.environ, "KANIN_BROKER_URL": broker}, cwd=ROOT, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+async def until(check: Any, within: float, what: str) -> None:
+    for _ in range(int(within / 0.05)):
+        if await asyncio.to_thread(check):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {within}s: {what}")
+
+
+def stop(process: subprocess.Popen[str]) -> str:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=30)
+    return out
+
+
+async def test_a_rolled_back_transaction_sends_nothing_and_a_commit_sends_once(
+    prefix: str, pg_schema: str
+) -> None:
+    async with queue_and_tables(prefix, pg_schema) as (url, queue):
+        outbox = Outbox(settings())
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            await conn.execute("create table orders (id text primary key)")
+            with pytest.raises(RuntimeError):
+                async with outbox.transaction(conn) as tx:
+                    await conn.execute("insert into orders values ('o-1')")
+                    await tx.publish(Step(key="o-1", n=1), exchange="", routing_key=queue)
+                    raise RuntimeError("the order is not valid after all")
+            async with outbox.transaction(conn) as tx:
+                await conn.execute("insert into orders values ('o-2')")
+                message_id = await tx.publish(Step(key="o-2", n=2), exchange="",
+                                              routing_key=queue)  # fmt: skip
+            orders = await (await conn.execute("select id from orders")).fetchall()
+        assert orders == [("o-2",)]
+        async with Publisher(settings()) as publisher:
+            relay = Relay(url, publisher)
+            task = asyncio.create_task(relay.run())
+            got = await drain(queue, 1)
+            relay.stop()
+            await task
+        assert [(m.message_id, json.loads(m.body)) for m in got] == [
+            (message_id, {"key": "o-2", "n": 2})
+        ]
+        assert pending(pg_schema) == 0
+
+
+async def test_a_relay_killed_midway_loses_nothing_and_resends_with_the_same_ids(
+    prefix: str, pg_schema: str
+) -> None:
+    async with queue_and_tables(prefix, pg_schema) as (url, queue):
+        ids = await write(url, queue, 5000, per_tx=500)
+        first = start_relay(url)
+        try:
+            kill_at = random.randrange(300, 4000)
+            await until(lambda: sent(pg_schema) >= kill_at or first.poll() is not None, 60,
+                        "some rows sent")  # fmt: skip
+            first.send_signal(signal.SIGKILL)
+            first.communicate(timeout=30)
+        finally:
+            if first.poll() is None:
+                first.kill()
+        assert pending(pg_schema) > 0, "the relay finished before it was killed"
+        second = start_relay(url)
+        try:
+            await until(lambda: pending(pg_schema) == 0, 60, "every row sent")
+        finally:
+            out = stop(second)
+        assert second.returncode == 0, out
+        got = await drain(queue, 5000)
+    delivered = [m.message_id for m in got]
+    assert set(delivered) == set(ids)  # none lost
+    bodies: dict[str, bytes] = {}
+    for message in got:  # a copy sent twice is the same message, same id
+        assert bodies.setdefault(str(message.message_id), message.body) == message.body
+    assert len(delivered) - len(set(delivered)) <= 500  # at most the killed relay's batch
+
+
+async def test_two_relays_share_the_rows_and_keep_each_keys_order(
+    prefix: str, pg_schema: str
+) -> None:
+    async with queue_and_tables(prefix, pg_schema) as (url, queue):
+        await write(url, queue, 3000, keys=20, per_tx=100)
+        relays = [start_relay(url), start_relay(url)]
+        try:
+            await until(lambda: pending(pg_schema) == 0, 60, "every row sent")
+        finally:
+            outs = [stop(r) for r in relays]
+        assert [r.returncode for r in relays] == [0, 0], outs
+        got = await drain(queue, 3000)
+    by_key: dict[str, list[int]] = defaultdict(list)
+    seen: set[str] = set()
+    for message in got:
+        if message.message_id in seen:
+            continue
+        seen.add(str(message.message_id))
+        step = json.loads(message.body)
+        by_key[step["key"]].append(step["n"])
+    assert len(seen) == 3000 and len(got) == 3000  # each row sent by one relay only
+    for key, numbers in by_key.items():
+        assert numbers == sorted(numbers), key
+    with psycopg.connect(schema_url(pg_schema)) as conn:
+        both = conn.execute("select count(*) from kanin_outbox where attempts > 0").fetchone()
+    assert both == (0,)
+
+
+async def test_rows_written_while_the_broker_is_down_go_out_in_order_when_it_is_back(
+    prefix: str, pg_schema: str
+) -> None:
+    async with queue_and_tables(prefix, pg_schema) as (url, queue), FaultProxy() as proxy:
+        broker = settings(broker_url=proxy.url(), publish_timeout=1.0)
+        async with Publisher(broker) as publisher:
+            relay = Relay(url, publisher, stuck_after=0.5)
+            task = asyncio.create_task(relay.run())
+            try:
+                await write(url, queue, 10, keys=2, per_tx=5)
+                await until(lambda: pending(pg_schema) == 0, 30, "the first rows sent")
+                proxy.refuse()
+                proxy.cut()
+                await write(url, queue, 200, keys=2, per_tx=20, first=10)
+                await asyncio.sleep(2.0)
+                assert pending(pg_schema) == 200  # waiting, not lost
+                assert any("outbox relay" in p for p in relay.unready()), relay.unready()
+                await proxy.accept()
+                await until(lambda: pending(pg_schema) == 0, 60, "every row sent after")
+            finally:
+                relay.stop()
+                await task
+        got = await drain(queue, 210)
+    steps = [json.loads(m.body) for m in got]
+    assert len({m.message_id for m in got}) == 210
+    for key in ("k0", "k1"):
+        numbers = [s["n"] for s in steps if s["key"] == key]
+        assert numbers == sorted(numbers) and len(set(numbers)) == 105
