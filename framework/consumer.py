@@ -19,6 +19,7 @@ import logging
 import types
 import typing
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -28,6 +29,7 @@ from framework.headers import text
 from framework.retry import RetryPolicy
 
 if TYPE_CHECKING:
+    from framework.idempotency import Session
     from framework.publisher import Publisher
     from framework.transport.base import Delivery
 
@@ -145,7 +147,7 @@ class Context:
     of them costs nothing.
     """
 
-    __slots__ = ("_delivery", "attempt", "logger", "publisher", "queue")
+    __slots__ = ("_delivery", "attempt", "logger", "publisher", "queue", "session")
 
     def __init__(
         self,
@@ -154,12 +156,14 @@ class Context:
         attempt: int,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
         publisher: Publisher,
+        session: Session | None = None,
     ) -> None:
         self.queue = queue
         self._delivery = delivery
         self.attempt = attempt
         self.logger = logger
         self.publisher = publisher
+        self.session = session  # the inbox's transaction, with a PostgreSQL store
 
     @property
     def headers(self) -> Mapping[str, Any]:
@@ -207,6 +211,18 @@ class Context:
             f"Context(queue={self.queue!r}, message_id={self.message_id!r}, attempt={self.attempt})"
         )
 
+    def transaction(self) -> AbstractAsyncContextManager[Any]:
+        """The database transaction this message is handled in (the inbox): the
+        idempotency claim, the handler's SQL through the connection it yields, and
+        ``ctx.publish`` (into the outbox) commit together after the handler returns, or
+        roll back if it raises. Needs the PostgreSQL idempotency store."""
+        if self.session is None:
+            raise ConfigError(
+                "ctx.transaction() needs the inbox: idempotency = 'postgres' on the consumer "
+                "(with KANIN_OUTBOX_URL) or KANIN_IDEMPOTENCY_URL=postgresql://..."
+            )
+        return self.session.transaction()
+
     async def publish(
         self,
         event: Event,
@@ -216,8 +232,10 @@ class Context:
         idempotency_key: str | None = None,
         headers: Mapping[str, Any] | None = None,
     ) -> str:
-        """Publish ``event`` as caused by the message being handled (same correlation id)."""
-        return await self.publisher.publish(
+        """Publish ``event`` as caused by the message being handled (same correlation id).
+        In the inbox's transaction it is written to the outbox, sent once that commits."""
+        send = self.publisher.publish if self.session is None else self.session.publish
+        return await send(
             event,
             exchange=exchange,
             routing_key=routing_key,

@@ -18,6 +18,7 @@ import itertools
 import secrets
 import time
 from collections import OrderedDict
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
@@ -35,10 +36,20 @@ class Status(Enum):
     DONE = "done"
 
 
+class Session(Protocol):
+    """What a store that claims keys inside a database transaction (the inbox) gives the
+    handler: that transaction, and publishing into it (an outbox)."""
+
+    def transaction(self) -> AbstractAsyncContextManager[Any]: ...
+    async def publish(self, event: Any, **fields: Any) -> str: ...
+
+
 @dataclass(frozen=True)
 class Claim:
     status: Status
     token: str = ""  # proves ownership of the lease to complete() and release()
+    # a transactional store's session: complete() commits it, release() rolls it back
+    session: Session | None = None
 
 
 def scoped_key(consumer: str, key: str) -> str:
@@ -155,11 +166,15 @@ class RedisStore:
 
 
 def open_store(url: str) -> IdempotencyStore | None:
-    """``memory://`` (one process), ``redis://host:port/db`` (shared), or ``off``."""
+    """``memory://`` (one process), ``redis://host:port/db`` (shared), or ``off``. (A
+    worker asks its extensions first: the inbox adds ``postgresql://``.)"""
     if url in ("off", "none", ""):
         return None
     if url.startswith("memory://") or url == "memory":
         return MemoryStore()
     if url.startswith(("redis://", "rediss://", "unix://")):
         return RedisStore(url)
-    raise ConfigError(f"idempotency store URL must be memory://, redis://... or off, got {url!r}")
+    raise ConfigError(
+        "idempotency store URL must be memory://, redis://..., postgresql://... (the inbox) "
+        f"or off, got {url!r}"
+    )

@@ -20,7 +20,7 @@ from framework.consumer import Consumer, Context
 from framework.errors import KaninError, Reject, Retry
 from framework.events import DecodeError, Event
 from framework.headers import integer, text
-from framework.idempotency import IdempotencyStore, Status, StoreUnavailable, scoped_key
+from framework.idempotency import IdempotencyStore, Session, Status, StoreUnavailable, scoped_key
 from framework.logs import FLOW
 from framework.metrics import Histogram
 from framework.publisher import Publisher
@@ -127,7 +127,7 @@ class Runner:
             await self.recover(delivery, attempt, exc)
             return
         key = self.key(delivery, event)
-        token = ""
+        token, session = "", None
         if key is not None and self.store is not None:
             try:
                 claim = await self.store.claim(key, self.lease)
@@ -144,10 +144,10 @@ class Runner:
             if claim.status is Status.IN_PROGRESS:
                 await self.postpone(delivery, attempt, f"key {key} is being handled elsewhere")
                 return
-            token = claim.token
+            token, session = claim.token, claim.session
         started = time.perf_counter()
         try:
-            await self.call(event, self.context(delivery, attempt))
+            await self.call(event, self.context(delivery, attempt, session))
         except BaseException as exc:
             self.durations.observe(time.perf_counter() - started)
             if token:
@@ -157,8 +157,9 @@ class Runner:
             await self.recover(delivery, attempt, exc)
             return
         self.durations.observe(time.perf_counter() - started)
-        if token:
-            await self.remember(key, token)
+        if token and not await self.remember(key, token, session is not None):
+            await self.postpone(delivery, attempt, "the handler's transaction did not commit")
+            return
         delivery.channel.ack(delivery.delivery_tag)
         self.stats.handled += 1
 
@@ -177,12 +178,18 @@ class Runner:
             return None
         return scoped_key(self.name, raw)
 
-    async def remember(self, key: str | None, token: str) -> None:
+    async def remember(self, key: str | None, token: str, committing: bool) -> bool:
+        """Mark the key done; False if that was the commit of the handler's own
+        transaction (the inbox) and it failed: then nothing the handler did happened."""
         assert self.store is not None and key is not None
         try:
             await self.store.complete(key, token, self.retention)
         except StoreUnavailable as exc:
+            if committing:
+                self.log.warning("the transaction of key %s did not commit (%s)", key, exc)
+                return False
             self.log.error("handled, but could not mark key %s done (%s)", key, exc)
+        return True
 
     async def forget(self, key: str | None, token: str) -> None:
         assert self.store is not None and key is not None
@@ -203,8 +210,8 @@ class Runner:
         version = integer(delivery.headers.get("x-event-version")) or None
         return cls.from_json(delivery.body, version)
 
-    def context(self, delivery: Delivery, attempt: int) -> Context:
-        return Context(self.queue, delivery, attempt, self.log, self.publisher)
+    def context(self, delivery: Delivery, attempt: int, session: Session | None = None) -> Context:
+        return Context(self.queue, delivery, attempt, self.log, self.publisher, session)
 
     async def call(self, event: Event, ctx: Context) -> None:
         if not self.policy.immediate:

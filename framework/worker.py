@@ -91,6 +91,11 @@ class Extension(Protocol):
         """Its Prometheus families, read on the probe server's thread."""
         ...
 
+    def store(self, url: str, worker: Worker) -> IdempotencyStore | None:
+        """An idempotency store for ``url`` if this extension provides one (the inbox,
+        for ``postgresql://``), else None."""
+        ...
+
     async def stop(self, grace: float) -> None: ...
 
 
@@ -145,7 +150,9 @@ class Worker:
 
     def _store(self, url: str) -> IdempotencyStore | None:
         if url not in self.stores:
-            self.stores[url] = open_store(url)
+            given = (extension.store(url, self) for extension in self.extensions)
+            found = next((store for store in given if store is not None), None)
+            self.stores[url] = found if found is not None else open_store(url)
         return self.stores[url]
 
     @property

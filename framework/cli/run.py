@@ -22,6 +22,7 @@ from framework.eventlog.projection import Projection
 from framework.eventlog.service import Projections, check_streams
 from framework.loading import load_consumers
 from framework.logs import configure as configure_logging
+from framework.outbox.inbox import Inbox, uses_inbox
 from framework.outbox.service import OutboxRelay
 from framework.settings import Settings
 from framework.topology import Topology
@@ -92,7 +93,8 @@ def run_worker(
     parent: int | None = None,
 ) -> None:
     """Run one worker for ``consumers`` (projections among them read their streams; the
-    outbox of ``KANIN_OUTBOX_URL`` is relayed)."""
+    outbox of ``KANIN_OUTBOX_URL`` is relayed; consumers with a PostgreSQL idempotency
+    store get the inbox)."""
     projections = [c for c in consumers if issubclass(c, Projection)]
     plain = [c for c in consumers if not issubclass(c, Projection)]
     extensions: list[Extension] = []
@@ -100,6 +102,8 @@ def run_worker(
         extensions.append(Projections(projections))
     if settings.outbox_url:
         extensions.append(OutboxRelay(settings.outbox_url, settings.outbox_retention))
+    if any(uses_inbox(c.idempotency or settings.idempotency_url) for c in plain):
+        extensions.append(Inbox(settings))
 
     def make(provider: TracerProvider | None) -> Worker:
         return Worker(

@@ -25,6 +25,7 @@ from framework.topology.expand import expand
 from framework.topology.model import QueueSpec, Topology
 
 if TYPE_CHECKING:
+    from framework.idempotency import IdempotencyStore
     from framework.worker import Worker
 
 log = logging.getLogger("kanin.projection")
@@ -169,6 +170,9 @@ class Projections:
                 offset.add_metric(key, reader.saved)
             stopped.add_metric(key, 1 if reader.halted else 0)
         yield from (events, offset, stopped)
+
+    def store(self, url: str, worker: Worker) -> IdempotencyStore | None:
+        return None
 
     def unready(self) -> list[str]:
         if not self.readers:

@@ -26,11 +26,10 @@ create index if not exists kanin_outbox_pending_key on kanin_outbox (ordering_ke
 create index if not exists kanin_outbox_sent on kanin_outbox (sent_at)
     where sent_at is not null;
 
--- handled messages, one row per consumer and idempotency key, written in the handler's
--- transaction
+-- handled messages: one row per consumer and idempotency key (hashed together), written
+-- in the handler's transaction
 create table if not exists kanin_inbox (
     key text primary key,
-    consumer text not null,
     handled_at timestamptz not null default now()
 );
 create index if not exists kanin_inbox_handled on kanin_inbox (handled_at);

@@ -17,6 +17,7 @@ from framework.outbox.tables import check, connect
 from framework.topology.model import Topology
 
 if TYPE_CHECKING:
+    from framework.idempotency import IdempotencyStore
     from framework.worker import Worker
 
 log = logging.getLogger("kanin.outbox")
@@ -43,6 +44,9 @@ class OutboxRelay:
         self.relay = Relay(self.url, worker.publisher, retention=self.retention)
         self.task = asyncio.create_task(self.relay.run())
         log.info("outbox relay sending from %s", self.url.rsplit("@", 1)[-1])
+
+    def store(self, url: str, worker: Worker) -> IdempotencyStore | None:
+        return None
 
     def unready(self) -> list[str]:
         return [] if self.relay is None else self.relay.unready()

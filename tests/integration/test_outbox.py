@@ -18,14 +18,17 @@ import aio_pika
 import psycopg
 import pytest
 
-from framework import Event, Publisher
+from framework import Consumer, Context, Event, Publisher, RetryPolicy, Worker
 from framework.outbox import tables
+from framework.outbox.inbox import Inbox
 from framework.outbox.outbox import Outbox
 from framework.outbox.relay import Relay
+from framework.outbox.service import OutboxRelay
 from tests.conftest import AMQP_URL, schema_url
+from tests.integration.apps.slow import Job
 from tests.integration.faults import FaultProxy
 from tests.integration.test_operations import KANIN, ROOT
-from tests.integration.worker_kit import amqp, settings
+from tests.integration.worker_kit import EMPTY_TOPOLOGY, amqp, settings, started
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +75,23 @@ async def drain(
             quiet = 0
             got.append(message)
     return got
+
+
+def execute(schema: str, sql: str) -> None:
+    with psycopg.connect(schema_url(schema), autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def queue_exists(name: str) -> bool:
+    async def look() -> bool:
+        async with amqp() as channel:
+            try:
+                await channel.declare_queue(name, passive=True)
+            except aio_pika.exceptions.ChannelClosed:
+                return False
+            return True
+
+    return asyncio.run(look())
 
 
 def pending(schema: str) -> int:
@@ -234,3 +254,98 @@ async def test_rows_written_while_the_broker_is_down_go_out_in_order_when_it_is_
     for key in ("k0", "k1"):
         numbers = [s["n"] for s in steps if s["key"] == key]
         assert numbers == sorted(numbers) and len(set(numbers)) == 105
+
+
+async def test_an_inbox_worker_killed_anywhere_leaves_each_effect_and_event_once(
+    prefix: str, pg_schema: str
+) -> None:
+    async with queue_and_tables(prefix, pg_schema) as (url, out):
+        execute(pg_schema, "create table effects (n integer not null)")
+        work = f"{prefix}.work"
+        env = {
+            **os.environ, "KANIN_BROKER_URL": AMQP_URL, "KANIN_OUTBOX_URL": url,
+            "KT_QUEUE": work, "KT_OUT": out, "KANIN_TOPOLOGY": EMPTY_TOPOLOGY,
+        }  # fmt: skip
+
+        def start(delay: str) -> subprocess.Popen[str]:
+            return subprocess.Popen(
+                [KANIN, "run", "tests.integration.apps.inbox"], env={**env, "KT_DELAY": delay},
+                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+
+        def effects() -> int:
+            with psycopg.connect(schema_url(pg_schema)) as conn:
+                return conn.execute("select count(*) from effects").fetchone()[0]
+
+        first = start("0.01")
+        try:
+            await until(lambda: queue_exists(work) or first.poll() is not None, 60, "the queue")
+            async with Publisher(settings()) as publisher:
+                await publisher.publish_many(
+                    [Job(n=n) for n in range(500)], exchange="", routing_key=work
+                )
+            await until(lambda: effects() >= random.randrange(50, 400), 60, "some effects")
+            first.send_signal(signal.SIGKILL)
+            first.communicate(timeout=30)
+        finally:
+            if first.poll() is None:
+                first.kill()
+        assert effects() < 500, "the worker finished before it was killed"
+        second = start("0")
+        try:
+            await until(lambda: effects() == 500 and pending(pg_schema) == 0, 90, "all handled")
+            await asyncio.sleep(1.0)  # anything handled twice would show by now
+        finally:
+            out_text = stop(second)
+        assert second.returncode == 0, out_text
+        got = await drain(out, 500)
+    with psycopg.connect(schema_url(pg_schema)) as conn:
+        counts = conn.execute("select n, count(*) from effects group by n order by n").fetchall()
+        rows = conn.execute("select count(*), count(distinct message_id) from kanin_outbox")
+        outbox_rows = rows.fetchone()
+    assert counts == [(n, 1) for n in range(500)]  # each effect once
+    assert outbox_rows == (500, 500)  # each follow-up written once
+    by_n: dict[int, set[str]] = defaultdict(set)
+    for message in got:
+        by_n[json.loads(message.body)["n"]].add(str(message.message_id))
+    assert sorted(by_n) == list(range(500))
+    assert all(len(ids) == 1 for ids in by_n.values())  # a copy on the wire: the same event
+    assert len(got) - 500 <= 500  # copies only from a relay killed between send and commit
+
+
+async def test_a_database_error_in_the_handler_rolls_back_and_retries(
+    prefix: str, pg_schema: str
+) -> None:
+    from tests.integration.apps.inbox import Done
+
+    tries: list[int] = []
+    async with queue_and_tables(prefix, pg_schema) as (url, out):
+        execute(pg_schema, "create table effects (n integer not null)")
+
+        class Flaky(Consumer):
+            queue = f"{prefix}.work"
+            idempotency = "postgres"
+            retry = RetryPolicy(attempts=3, backoff="fixed", initial=0.2)
+
+            async def handle(self, event: Job, ctx: Context) -> None:
+                tries.append(ctx.attempt)
+                async with ctx.transaction() as db:
+                    await db.execute("insert into effects (n) values (%s)", [event.n])
+                    await ctx.publish(Done(n=event.n), exchange="", routing_key=out)
+                    if ctx.attempt == 1:
+                        await db.execute("select 1 / 0")  # a database error
+
+        config = settings(outbox_url=url)
+        worker = Worker([Flaky], config, extensions=[Inbox(config), OutboxRelay(url)])
+        async with started(worker):
+            async with Publisher(config) as publisher:
+                await publisher.publish(Job(n=7), exchange="", routing_key=f"{prefix}.work")
+            got = await drain(out, 1)
+            stats = worker.runners[0].stats
+    assert tries == [1, 2] and (stats.retried, stats.handled) == (1, 1)
+    assert [json.loads(m.body) for m in got] == [{"n": 7}]
+    with psycopg.connect(schema_url(pg_schema)) as conn:
+        assert conn.execute("select n from effects").fetchall() == [(7,)]
+        assert conn.execute("select count(*) from kanin_outbox").fetchone() == (1,)
+        assert conn.execute("select count(*) from kanin_inbox").fetchone() == (1,)
