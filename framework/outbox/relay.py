@@ -99,6 +99,7 @@ class Relay:
         self._stopping = asyncio.Event()
         self._counted = 0.0
         self._expired = 0.0
+        self._reported: set[int] = set()  # rows whose failure was logged
 
     def stop(self) -> None:
         self._stopping.set()
@@ -176,8 +177,12 @@ class Relay:
                 sent.append(row.id)
 
         await asyncio.gather(*(chain(members) for members in chains.values()))
-        for row_id, error in failed[:1]:
-            log.error("outbox row %d not sent: %s (kept, tried again)", row_id, error)
+        for row_id, error in failed:  # once per row: it is tried again every round
+            if row_id not in self._reported:
+                log.error("outbox row %d not sent: %s (kept, tried again)", row_id, error)
+        if len(self._reported) > 10_000:
+            self._reported.clear()
+        self._reported.update(row_id for row_id, _ in failed)
         return sent, failed
 
     async def _housekeeping(self, conn: Any) -> None:
@@ -227,9 +232,10 @@ class Relay:
         waiting = self.oldest_age()
         if waiting is not None and waiting >= self.stuck_after and self.status is not None:
             why = f" (last error: {self.status.last_error})" if self.status.last_error else ""
+            count = self.status.pending
             problems.append(
-                f"outbox relay stuck: {self.status.pending} rows pending, the oldest for "
-                f"{waiting:.0f}s{why}"
+                f"outbox relay stuck: {count} row{'' if count == 1 else 's'} pending, the "
+                f"oldest for {waiting:.0f}s{why}"
             )
         return problems
 

@@ -17,6 +17,9 @@ from typing import Any
 import aio_pika
 import psycopg
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from framework import Consumer, Context, Event, Publisher, RetryPolicy, Worker
 from framework.outbox import tables
@@ -349,3 +352,100 @@ async def test_a_database_error_in_the_handler_rolls_back_and_retries(
         assert conn.execute("select n from effects").fetchall() == [(7,)]
         assert conn.execute("select count(*) from kanin_outbox").fetchone() == (1,)
         assert conn.execute("select count(*) from kanin_inbox").fetchone() == (1,)
+
+
+async def test_the_send_span_starts_in_the_callers_trace_and_the_consumer_is_its_child(
+    prefix: str, pg_schema: str
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    handled = asyncio.Event()
+
+    class Listen(Consumer):
+        queue = f"{prefix}.traced"  # declared by the worker, before its relay starts
+
+        async def handle(self, event: Step, ctx: Context) -> None:
+            handled.set()
+
+    queue = Listen.queue
+    async with queue_and_tables(prefix, pg_schema) as (url, _):
+        config = settings()
+        outbox = Outbox(config, tracer_provider=provider)
+        tracer = provider.get_tracer("shop")
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            with tracer.start_as_current_span("place order") as business:
+                async with outbox.transaction(conn) as tx:
+                    await tx.publish(Step(key="o-1", n=1), exchange="", routing_key=queue)
+        worker = Worker([Listen], config, tracer_provider=provider, extensions=[OutboxRelay(url)])
+        async with started(worker):
+            await asyncio.wait_for(handled.wait(), 30)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    send = spans[f"send amq.default:{queue}"]
+    process = spans[f"process amq.default:{queue}:{queue}"]
+    trace_id = business.get_span_context().trace_id
+    assert send.context.trace_id == trace_id == process.context.trace_id
+    assert send.parent.span_id == business.get_span_context().span_id
+    assert process.parent.span_id == send.context.span_id
+    assert [s.name for s in exporter.get_finished_spans()].count(f"send amq.default:{queue}") == 1
+
+
+def outbox_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KANIN_")}
+    return subprocess.run(
+        [KANIN, "outbox", *args], env=env, cwd=ROOT, capture_output=True, text=True,
+        timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def test_outbox_init_and_status_from_the_command_line(pg_schema: str) -> None:
+    url = schema_url(pg_schema)
+    missing = outbox_cli("init")
+    assert (missing.returncode, missing.stderr) == (
+        2, "error: name the outbox database: --url postgresql://... or KANIN_OUTBOX_URL\n"
+    )  # fmt: skip
+    before = outbox_cli("status", "--url", url)
+    assert (before.returncode, before.stderr) == (
+        1, "error: no kanin_outbox table in that database: run 'kanin outbox init'\n"
+    )  # fmt: skip
+    for _ in range(2):  # safe to run again
+        made = outbox_cli("init", "--url", url)
+        assert made.returncode == 0, made.stderr
+        assert made.stdout.startswith("outbox tables ready in 127.0.0.1:5432/test")
+    await write(url, "nowhere", 3)
+    shown = outbox_cli("status", "--url", url, "--json")
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert (report["pending"], report["failing"], report["sent_kept"]) == (3, 0, 0)
+    assert report["oldest_pending_seconds"] >= 0
+    unreachable = outbox_cli("status", "--url", "postgresql://postgres@127.0.0.1:1/test")
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.startswith("error: outbox database: ")
+    assert len(unreachable.stderr.splitlines()) == 1
+
+
+async def test_an_unroutable_row_waits_with_its_error_and_the_others_go_out(
+    prefix: str, pg_schema: str
+) -> None:
+    async with queue_and_tables(prefix, pg_schema) as (url, queue):
+        await write(url, f"{prefix}.nowhere", 1)
+        await write(url, queue, 5, first=1)
+        async with Publisher(settings()) as publisher:
+            relay = Relay(url, publisher, stuck_after=0.5, poll=0.2)
+            task = asyncio.create_task(relay.run())
+            try:
+                got = await drain(queue, 5)
+                await until(lambda: bool(relay.unready()), 10, "the relay says it is stuck")
+                problems = relay.unready()
+            finally:
+                relay.stop()
+                await task
+        status = outbox_cli("status", "--url", url)
+    assert sorted(json.loads(m.body)["n"] for m in got) == [1, 2, 3, 4, 5]
+    assert len(problems) == 1 and problems[0].startswith(
+        "outbox relay stuck: 1 row pending, the oldest for "
+    )
+    assert "NO_ROUTE" in problems[0]
+    assert status.returncode == 1
+    assert status.stdout.startswith("pending 1 (oldest ")
+    assert "failing 1, sent and kept 5" in status.stdout and "last error: " in status.stdout
