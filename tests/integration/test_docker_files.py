@@ -124,16 +124,26 @@ def test_topology_service_command_applies_against_a_real_broker(
 
 
 WORKERS = ("inventory", "payments", "shipping", "notifications")
+SHOP_DB = "postgresql://kanin:kanin@postgres:5432/shop"
 
 
-def local_env(service: dict, vhost: str, otlp: Receiver, **extra: str) -> dict[str, str]:
-    """A compose service's environment, with the compose hosts replaced by this machine's."""
+def local_env(
+    service: dict, vhost: str, otlp: Receiver | None, database: str = "", **extra: str
+) -> dict[str, str]:
+    """A compose service's environment, with the compose hosts replaced by this machine's
+    (the shop's database by ``database``)."""
     env = {k: str(v) for k, v in service["environment"].items()}
+    for name, value in env.items():
+        if value == SHOP_DB:
+            env[name] = database
+    if "KANIN_BROKER_URL" not in env:
+        return {"PATH": os.environ["PATH"], **env, **extra}
     env["KANIN_BROKER_URL"] = env["KANIN_BROKER_URL"].replace(
         "kanin:kanin@rabbitmq:5672/", f"guest:guest@127.0.0.1:5672/{vhost}"
     )
     env["KANIN_MANAGEMENT_URL"] = env["KANIN_MANAGEMENT_URL"].replace("rabbitmq", "127.0.0.1")
     env["KANIN_IDEMPOTENCY_URL"] = env["KANIN_IDEMPOTENCY_URL"].replace("//redis:", "//127.0.0.1:")
+    assert otlp is not None
     env["OTEL_EXPORTER_OTLP_ENDPOINT"] = env["OTEL_EXPORTER_OTLP_ENDPOINT"].replace(
         "http://jaeger:4318", otlp.endpoint
     )
@@ -142,13 +152,34 @@ def local_env(service: dict, vhost: str, otlp: Receiver, **extra: str) -> dict[s
     return {"PATH": os.environ["PATH"], **env, **extra}
 
 
-async def test_compose_workers_trace_an_order_through_the_shop(vhost: str, tmp_path: Path) -> None:
+async def test_compose_workers_trace_an_order_through_the_shop(
+    vhost: str, tmp_path: Path, pg_schema: str
+) -> None:
     """The worker services as compose starts them (commands, env), against this machine's
-    RabbitMQ, Redis and an OTLP receiver in Jaeger's place: one order, one trace."""
+    RabbitMQ, Redis, PostgreSQL (a schema in place of the shop's database) and an OTLP
+    receiver in Jaeger's place: one order, stored with its event, one trace."""
     services = compose()["services"]
+    database = schema_url(pg_schema)
     processes: list[subprocess.Popen[str]] = []
+    init = services["outbox"]
+    made = subprocess.run(  # noqa: ASYNC221
+        [KANIN, *init["command"]], env=local_env(init, vhost, None, database), cwd=ROOT,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
     with receiving() as otlp:
         try:
+            relay = services["relay"]
+            relay_log = tmp_path / "relay.log"
+            with relay_log.open("w") as out:
+                processes.append(
+                    subprocess.Popen(  # noqa: ASYNC220
+                        [KANIN, *relay["command"]],
+                        env=local_env(relay, vhost, otlp, database, KANIN_HTTP_PORT="0"),
+                        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=out, text=True,
+                        start_new_session=True,
+                    )
+                )  # fmt: skip
             for name in WORKERS:
                 service = services[name]
                 assert service["environment"]["OTEL_SERVICE_NAME"] == name
@@ -157,13 +188,14 @@ async def test_compose_workers_trace_an_order_through_the_shop(vhost: str, tmp_p
                     subprocess.Popen(  # noqa: ASYNC220
                         [KANIN, *service["command"]],
                         env=local_env(
-                            service, vhost, otlp, KANIN_HTTP_PORT="0", SHOP_PAYMENT_FAILURE_RATE="0"
+                            service, vhost, otlp, database, KANIN_HTTP_PORT="0",
+                            SHOP_PAYMENT_FAILURE_RATE="0",
                         ),
                         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=err, stderr=err, text=True,
                         start_new_session=True,
                     )
                 )  # fmt: skip
-            for name, process in zip(WORKERS, processes, strict=True):
+            for name, process in zip(WORKERS, processes[1:], strict=True):
                 log = tmp_path / f"{name}.log"
                 await eventually(
                     lambda: "started on" in log.read_text() or process.poll() is not None,  # noqa: B023
@@ -186,7 +218,7 @@ async def test_compose_workers_trace_an_order_through_the_shop(vhost: str, tmp_p
             orders = services["orders"]
             placed = subprocess.run(  # noqa: ASYNC221
                 [sys.executable, *orders["entrypoint"][1:], "1"],
-                env=local_env(orders, vhost, otlp),
+                env=local_env(orders, vhost, otlp, database),
                 cwd=ROOT, capture_output=True, text=True, timeout=60,
             )  # fmt: skip
             assert placed.returncode == 0, placed.stderr
@@ -210,8 +242,15 @@ async def test_compose_workers_trace_an_order_through_the_shop(vhost: str, tmp_p
                     process.wait(timeout=30)
                 finally:
                     kill_tree(process)
-    for process, name in zip(processes, WORKERS, strict=True):
+    for process, name in zip(processes, ("relay", *WORKERS), strict=True):
         assert process.returncode == 0, (tmp_path / f"{name}.log").read_text()[-2000:]
+    with psycopg.connect(database) as conn:  # the order and its charge, each with its event
+        assert conn.execute("select order_id from orders").fetchall() == [("order-0",)]
+        assert conn.execute("select order_id from charges").fetchall() == [("order-0",)]
+        assert conn.execute("select count(*) from kanin_inbox").fetchone() == (1,)
+        assert conn.execute(
+            "select count(*) from kanin_outbox where sent_at is not null"
+        ).fetchone() == (2,)
 
 
 async def test_the_history_service_projects_an_order_into_postgresql(
@@ -224,9 +263,8 @@ async def test_the_history_service_projects_an_order_into_postgresql(
     assert {"postgres", "rabbitmq"} <= set(service["depends_on"])
     assert services["postgres"]["environment"]["POSTGRES_DB"] == "shop"
     with receiving() as otlp:
-        env = local_env(service, vhost, otlp, KANIN_HTTP_PORT="0")
-        assert env["KANIN_CHECKPOINT_URL"] == "postgresql://kanin:kanin@postgres:5432/shop"
-        env["KANIN_CHECKPOINT_URL"] = schema_url(pg_schema)
+        assert service["environment"]["KANIN_CHECKPOINT_URL"] == SHOP_DB
+        env = local_env(service, vhost, otlp, schema_url(pg_schema), KANIN_HTTP_PORT="0")
         log = tmp_path / "history.log"
         with log.open("w") as out:
             process = subprocess.Popen(  # noqa: ASYNC220
