@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from framework.cli.app import HELP, BrokerOpt, app, load_settings, reported
+from framework.cli.app import HELP, BrokerOpt, app, load_settings, reported, server_settings
 from framework.cli.run import serve
 from framework.errors import ConfigError
 from framework.outbox import tables
@@ -112,7 +112,9 @@ def relay_command(
     may share one outbox: each row is sent by one of them."""
 
     with reported(quiet_client=False):
-        settings = load_settings(outbox_url=url, broker_url=broker_url, http_port=http_port)
+        settings = server_settings(
+            "outbox relay", outbox_url=url, broker_url=broker_url, http_port=http_port
+        )
         where = _url(settings)
         relay = OutboxRelay(where, settings.outbox_retention)
         serve(lambda provider: Worker([], settings, tracer_provider=provider, extensions=[relay]),

@@ -1,8 +1,9 @@
 """Every console command and Python snippet of README.md and docs/*.md, run.
 
 Each page gets a vhost of its own on the real RabbitMQ and a schema of its own in
-PostgreSQL (``KANIN_CHECKPOINT_URL`` points there; both deleted afterwards), and a working
-directory with the repository's ``config/`` and ``workers/`` in it. Blocks run in page
+PostgreSQL (``DATABASE_URL`` and ``KANIN_CHECKPOINT_URL`` point there; both deleted
+afterwards), and a working directory with the repository's ``config/`` and ``workers/``
+in it. Blocks run in page
 order: ``console`` commands in a shell (``kanin run`` ones in the background until the
 block ends, then SIGTERM), ``python`` blocks in one namespace per page (top-level
 ``await`` allowed), ``yaml`` and ``json`` blocks parsed. Output shown after a command
@@ -24,6 +25,7 @@ import os
 import re
 import shlex
 import signal
+import string
 import subprocess
 import sys
 import time
@@ -90,6 +92,7 @@ class Page:
             PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
             PYTHONPATH=str(ROOT),
             KANIN_CHECKPOINT_URL=schema_url(schema),
+            DATABASE_URL=schema_url(schema),
         )
         # the page's Python blocks share a module, as a reader's file would be one
         self.module = types.ModuleType(f"snippets_{vhost.replace('-', '_')}")
@@ -107,7 +110,7 @@ class Page:
         env = dict(self.env)
         while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
             name, _, value = words.pop(0).partition("=")
-            env[name] = value
+            env[name] = string.Template(value).safe_substitute(env)  # $VAR as a shell would
         with log.open("w") as out:
             return subprocess.Popen(
                 words,

@@ -87,6 +87,8 @@ COMMANDS = [
     ["events"],
     ["events", "tail"],
     ["replay"],
+    ["outbox"],
+    *[["outbox", c] for c in ("init", "status", "relay")],
     ["dlq"],
     *[["dlq", c] for c in ("list", "show", "replay", "purge", "export")],
 ]
@@ -213,6 +215,7 @@ def test_run_on_the_embedded_broker(tmp_path: Path) -> None:
         ("topology apply", ["topology", "apply", "config/topology.yaml"]),
         ("publish", ["publish", "", "q", "--data", "{}"]),
         ("replay", ["replay", "shop.events.log", "workers.history"]),
+        ("outbox relay", ["outbox", "relay", "--url", "postgresql://db/x"]),
     ],
 )
 def test_server_commands_refuse_the_embedded_broker(command: str, args: list[str]) -> None:
