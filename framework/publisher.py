@@ -183,6 +183,25 @@ class Publisher:
         the connection comes back, all within ``KANIN_PUBLISH_TIMEOUT``."""
         await self._send([(exchange, routing_key, body, properties)], batch=False)
 
+    async def publish_raw_each(
+        self, messages: Sequence[OutgoingMessage]
+    ) -> list[KaninError | None]:
+        """Publish bytes as they are, all in one go, and wait for every confirm; each
+        message's error (``BrokerUnavailable`` when the connection went), or None once
+        confirmed. Nothing is sent again: the caller decides (the outbox relay does)."""
+        timeout = self.settings.publish_timeout
+        try:
+            channel = await self.transport.publish_channel(timeout)
+            errors = await channel.publish_each(messages, within=timeout)
+        except KaninError as exc:
+            errors = [exc] * len(messages)
+        for message, error in zip(messages, errors, strict=True):
+            if error is None:
+                self.published[message[0]] = self.published.get(message[0], 0) + 1
+            else:
+                self.failures[message[0]] = self.failures.get(message[0], 0) + 1
+        return errors
+
     async def _send(self, messages: Sequence[OutgoingMessage], batch: bool) -> None:
         """One logical publish of ``messages``: tried until confirmed, refused, or out of time."""
         timeout = self.settings.publish_timeout

@@ -28,7 +28,7 @@ from framework.errors import ConfigError
 from framework.events import Event
 from framework.idempotency import Claim, IdempotencyStore, Status, StoreUnavailable
 from framework.outbox.outbox import Outbox, OutboxTransaction
-from framework.outbox.tables import CHANNEL, first_line, psycopg
+from framework.outbox.tables import first_line, psycopg
 from framework.settings import Settings
 from framework.topology.model import Topology
 
@@ -118,8 +118,7 @@ class PostgresInbox:
     async def complete(self, key: str, token: str, retention: float) -> None:
         session = self._open.pop(token)
         try:
-            if session.outbox.written:  # delivered at commit: wakes the relays
-                await session.conn.execute(f"notify {CHANNEL}")
+            await session.outbox.flush()
             if time.monotonic() - self._expired > 60.0:
                 self._expired = time.monotonic()
                 await session.conn.execute(EXPIRE, [retention])

@@ -7,7 +7,8 @@
 
 ``tx.publish`` takes what ``Publisher.publish`` takes (plus ``key``, the ordering key)
 and writes the message, its ``message_id`` fixed now, as a row of ``kanin_outbox`` in
-the same transaction: nothing is sent if it rolls back. A relay (``relay.py``) sends the
+the same transaction (the rows of a transaction are inserted together as it ends):
+nothing is sent if it rolls back. A relay (``relay.py``) sends the
 committed rows with confirms. The send span starts here, in the caller's trace, and its
 context travels in the row's headers, so the consumer's span is its child.
 """
@@ -73,8 +74,7 @@ class Outbox:
         async with conn.transaction():
             tx = OutboxTransaction(self, conn)
             yield tx
-            if tx.written:  # delivered at commit: wakes the relays at once
-                await conn.execute(f"notify {CHANNEL}")
+            await tx.flush()
 
 
 class OutboxTransaction:
@@ -84,6 +84,17 @@ class OutboxTransaction:
         self.outbox = outbox
         self.conn = conn
         self.written = 0
+        self._rows: list[list[Any]] = []  # written together, before the commit
+
+    async def flush(self) -> None:
+        """Insert the rows published so far (one pipelined ``executemany``) and notify
+        the relays, who hear it when the transaction commits."""
+        if not self._rows:
+            return
+        async with self.conn.cursor() as cursor:
+            await cursor.executemany(INSERT, self._rows)
+        self._rows.clear()
+        await self.conn.execute(f"notify {CHANNEL}")
 
     async def publish(
         self,
@@ -112,8 +123,7 @@ class OutboxTransaction:
         rk = event.event_type if routing_key is None else routing_key
         body = event.to_json()
         with self.outbox.tracing.send(target, rk, properties, len(body)):
-            await self.conn.execute(
-                INSERT, [properties.message_id, target, rk, body, encode(properties), key]
-            )
+            row = [properties.message_id, target, rk, body, encode(properties), key]
+        self._rows.append(row)
         self.written += 1
         return str(properties.message_id)

@@ -157,29 +157,41 @@ class Relay:
 
     async def send(self, rows: Sequence[Row]) -> tuple[list[int], list[tuple[int, str]]]:
         """Publish ``rows``: the ids confirmed, and (id, error) of those that failed.
-        The rows of one key go one after the other, stopping at the first failure."""
-        chains: dict[object, list[Row]] = {}
+
+        In waves, each one write and its confirms: the first wave holds every row
+        without a key and the first row of each key; each next wave the next row of the
+        keys whose last row was confirmed. So a key's rows reach the broker in order, and
+        a key stops at its first failure (its later rows wait for the next round)."""
+        chains: list[list[Row]] = []
+        by_key: dict[str, list[Row]] = {}
         for row in rows:
-            chains.setdefault(row.key if row.key is not None else ("row", row.id), []).append(row)
+            if row.key is None:
+                chains.append([row])
+            elif row.key in by_key:
+                by_key[row.key].append(row)
+            else:
+                chains.append(by_key.setdefault(row.key, [row]))
         sent: list[int] = []
         failed: list[tuple[int, str]] = []
-
-        async def chain(members: list[Row]) -> None:
-            for row in members:
-                try:
-                    properties = decode(row.properties)
-                    await self.publisher.publish_raw(
-                        row.exchange, row.routing_key, bytes(row.body), properties
-                    )
-                except KaninError as exc:
-                    failed.append((row.id, str(exc)))
-                    return
-                sent.append(row.id)
-
-        await asyncio.gather(*(chain(members) for members in chains.values()))
-        for row_id, error in failed:  # once per row: it is tried again every round
+        wave = [(chain, 0) for chain in chains]
+        while wave:
+            messages = [
+                (row.exchange, row.routing_key, bytes(row.body), decode(row.properties))
+                for row in (chain[at] for chain, at in wave)
+            ]
+            errors = await self.publisher.publish_raw_each(messages)
+            following = []
+            for (chain, at), error in zip(wave, errors, strict=True):
+                if error is not None:
+                    failed.append((chain[at].id, str(error)))
+                    continue
+                sent.append(chain[at].id)
+                if at + 1 < len(chain):
+                    following.append((chain, at + 1))
+            wave = following
+        for row_id, reason in failed:  # once per row: it is tried again every round
             if row_id not in self._reported:
-                log.error("outbox row %d not sent: %s (kept, tried again)", row_id, error)
+                log.error("outbox row %d not sent: %s (kept, tried again)", row_id, reason)
         if len(self._reported) > 10_000:
             self._reported.clear()
         self._reported.update(row_id for row_id, _ in failed)

@@ -223,26 +223,39 @@ class AmqpPublishChannel:
     async def publish_batch(
         self, messages: Sequence[OutgoingMessage], *, within: float | None = None
     ) -> None:
+        """Publish all ``messages``, then wait for every confirm; the first failure raises."""
+        for error in await self.publish_each(messages, within=within):
+            if error is not None:
+                raise error
+
+    async def publish_each(
+        self, messages: Sequence[OutgoingMessage], *, within: float | None = None
+    ) -> list[KaninError | None]:
         """Publish all ``messages``, then wait for every confirm: in one write where aiormq
-        allows it, else pipelined through its public ``basic_publish``."""
+        allows it, else pipelined through its public ``basic_publish``. Each message's
+        error, or None once confirmed."""
         if not self.batch_in_one_write:
             results = await asyncio.gather(
                 *(self.publish(m, within=within) for m in messages), return_exceptions=True
             )
             for result in results:
-                if isinstance(result, BaseException):
+                if isinstance(result, BaseException) and not isinstance(result, KaninError):
                     raise result
-            return
+            return [r if isinstance(r, KaninError) else None for r in results]
         try:
             async with asyncio.timeout(within):
                 confirms = await aiormq_paths.publish_batch(self.channel, messages)
         except Exception as exc:
             raise _publish_error(exc, messages[0], within) from None
+        errors: list[KaninError | None] = []
         for message, result in zip(messages, confirms, strict=True):
             if isinstance(result, BaseException):
-                raise _publish_error(result, message, within)
-            if isinstance(result, Basic.Nack):
-                raise PublishFailed(message[0], message[1], "the broker nacked it")
+                errors.append(_publish_error(result, message, within))
+            elif isinstance(result, Basic.Nack):
+                errors.append(PublishFailed(message[0], message[1], "the broker nacked it"))
+            else:
+                errors.append(None)
+        return errors
 
 
 def _publish_error(

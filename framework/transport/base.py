@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 
 from pamqp.commands import Basic
 
+from framework.errors import KaninError
 from framework.topology.expand import BindingDecl, ExchangeDecl, QueueDecl
 
 Properties = Basic.Properties
@@ -117,6 +118,13 @@ class PublishChannel(Protocol):
     async def publish_batch(
         self, messages: Sequence[OutgoingMessage], *, within: float | None = None
     ) -> None: ...
+
+    async def publish_each(
+        self, messages: Sequence[OutgoingMessage], *, within: float | None = None
+    ) -> list[KaninError | None]:
+        """Publish all, then wait for every confirm: each message's error, or None. Raises
+        (``BrokerUnavailable``) only when none could be written."""
+        ...
 
 
 class QueueReader(Settles, Protocol):

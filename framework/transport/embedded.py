@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from framework.errors import BrokerRefused, PublishFailed, Unroutable
+from framework.errors import BrokerRefused, KaninError, PublishFailed, Unroutable
 from framework.settings import Settings
 from framework.topology.expand import ExchangeDecl, QueueDecl
 from framework.transport.base import (
@@ -284,3 +284,16 @@ class MemoryPublishChannel:
     ) -> None:
         for message in messages:
             await self.publish(message)
+
+    async def publish_each(
+        self, messages: Sequence[OutgoingMessage], *, within: float | None = None
+    ) -> list[KaninError | None]:
+        errors: list[KaninError | None] = []
+        for message in messages:
+            try:
+                await self.publish(message)
+            except KaninError as exc:
+                errors.append(exc)
+            else:
+                errors.append(None)
+        return errors
