@@ -71,6 +71,32 @@ def envelope_for(
     )
 
 
+def prepared(
+    event: Event,
+    settings: Settings,
+    *,
+    exchange: str | None = None,
+    routing_key: str | None = None,
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+    idempotency_key: str | None = None,
+    headers: Mapping[str, Any] | None = None,
+    persistent: bool = True,
+) -> OutgoingMessage:
+    """What a publish of ``event`` sends: to ``exchange``, else the event class's
+    ``exchange=``, else ``KANIN_EXCHANGE``; with ``routing_key``, else the event's type;
+    its JSON body and its envelope."""
+    if exchange is None:
+        exchange = event.event_exchange if event.event_exchange is not None else settings.exchange
+    properties = envelope(
+        event, app_id=settings.service_name, correlation_id=correlation_id,
+        causation_id=causation_id, idempotency_key=idempotency_key, headers=headers,
+        persistent=persistent,
+    )  # fmt: skip
+    key = event.event_type if routing_key is None else routing_key
+    return exchange, key, event.to_json(), properties
+
+
 class Publisher:
     """Publishes events to the broker. Use ``async with Publisher(settings) as publisher``.
 
@@ -132,19 +158,14 @@ class Publisher:
         The routing key defaults to the event's type; the exchange to the event class's
         ``exchange=``, else ``KANIN_EXCHANGE`` (default: the default exchange).
         """
-        properties = envelope(
-            event,
-            app_id=self.settings.service_name,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            idempotency_key=idempotency_key,
-            headers=headers,
-            persistent=persistent,
-        )
-        key = event.event_type if routing_key is None else routing_key
-        target, body = self._target(event, exchange), event.to_json()
+        message = prepared(
+            event, self.settings, exchange=exchange, routing_key=routing_key,
+            correlation_id=correlation_id, causation_id=causation_id,
+            idempotency_key=idempotency_key, headers=headers, persistent=persistent,
+        )  # fmt: skip
+        target, key, body, properties = message
         with self.tracing.send(target, key, properties, len(body)):
-            await self.publish_raw(target, key, body, properties)
+            await self._send([message], batch=False)
         return str(properties.message_id)
 
     async def publish_many(
@@ -161,12 +182,11 @@ class Publisher:
         lost before every confirm came, the whole batch is sent again on the next
         connection with the same message ids, so consumers deduplicate what arrived twice.
         """
-        app_id = self.settings.service_name
-        messages: list[OutgoingMessage] = []
-        for event in events:
-            key = event.event_type if routing_key is None else routing_key
-            properties = envelope(event, app_id=app_id, persistent=persistent)
-            messages.append((self._target(event, exchange), key, event.to_json(), properties))
+        settings = self.settings
+        messages = [
+            prepared(e, settings, exchange=exchange, routing_key=routing_key, persistent=persistent)
+            for e in events
+        ]
         if not messages:
             return []
         with ExitStack() as spans:
@@ -254,10 +274,3 @@ class Publisher:
     def _failed(self, messages: Sequence[OutgoingMessage]) -> None:
         for exchange, *_ in messages:
             self.failures[exchange] = self.failures.get(exchange, 0) + 1
-
-    def _target(self, event: Event, exchange: str | None) -> str:
-        if exchange is not None:
-            return exchange
-        if event.event_exchange is not None:
-            return event.event_exchange
-        return self.settings.exchange

@@ -25,7 +25,7 @@ from opentelemetry.trace import TracerProvider
 
 from framework.events import Event
 from framework.outbox.tables import CHANNEL
-from framework.publisher import envelope
+from framework.publisher import prepared
 from framework.settings import Settings
 from framework.tracing import Tracing
 from framework.transport import Properties
@@ -111,17 +111,11 @@ class OutboxTransaction:
     ) -> str:
         """Write ``event`` to the outbox; its ``message_id``. Rows with the same ``key``
         are sent in the order they were written."""
-        settings = self.outbox.settings
-        properties = envelope(
-            event, app_id=settings.service_name, correlation_id=correlation_id,
-            causation_id=causation_id, idempotency_key=idempotency_key, headers=headers,
-            persistent=persistent,
+        target, rk, body, properties = prepared(
+            event, self.outbox.settings, exchange=exchange, routing_key=routing_key,
+            correlation_id=correlation_id, causation_id=causation_id,
+            idempotency_key=idempotency_key, headers=headers, persistent=persistent,
         )  # fmt: skip
-        target = exchange
-        if target is None:
-            target = event.event_exchange if event.event_exchange is not None else settings.exchange
-        rk = event.event_type if routing_key is None else routing_key
-        body = event.to_json()
         with self.outbox.tracing.send(target, rk, properties, len(body)):
             row = [properties.message_id, target, rk, body, encode(properties), key]
         self._rows.append(row)

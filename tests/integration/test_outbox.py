@@ -12,7 +12,6 @@ import subprocess
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import aio_pika
 import psycopg
@@ -31,7 +30,16 @@ from tests.conftest import AMQP_URL, schema_url
 from tests.integration.apps.slow import Job
 from tests.integration.faults import FaultProxy
 from tests.integration.test_operations import KANIN, ROOT
-from tests.integration.worker_kit import EMPTY_TOPOLOGY, amqp, settings, started
+from tests.integration.worker_kit import (
+    EMPTY_TOPOLOGY,
+    amqp,
+    settings,
+    started,
+    wait_for,
+)
+from tests.integration.worker_kit import (
+    stop_process as stop,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -125,21 +133,6 @@ def start_relay(url: str, broker: str = AMQP_URL) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-async def until(check: Any, within: float, what: str) -> None:
-    for _ in range(int(within / 0.05)):
-        if await asyncio.to_thread(check):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {within}s: {what}")
-
-
-def stop(process: subprocess.Popen[str]) -> str:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    out, _ = process.communicate(timeout=30)
-    return out
-
-
 async def test_a_rolled_back_transaction_sends_nothing_and_a_commit_sends_once(
     prefix: str, pg_schema: str
 ) -> None:
@@ -178,8 +171,8 @@ async def test_a_relay_killed_midway_loses_nothing_and_resends_with_the_same_ids
         first = start_relay(url)
         try:
             kill_at = random.randrange(300, 4000)
-            await until(lambda: sent(pg_schema) >= kill_at or first.poll() is not None, 60,
-                        "some rows sent")  # fmt: skip
+            await wait_for(lambda: sent(pg_schema) >= kill_at or first.poll() is not None, 60,
+                        what="some rows sent")  # fmt: skip
             first.send_signal(signal.SIGKILL)
             first.communicate(timeout=30)
         finally:
@@ -188,7 +181,7 @@ async def test_a_relay_killed_midway_loses_nothing_and_resends_with_the_same_ids
         assert pending(pg_schema) > 0, "the relay finished before it was killed"
         second = start_relay(url)
         try:
-            await until(lambda: pending(pg_schema) == 0, 60, "every row sent")
+            await wait_for(lambda: pending(pg_schema) == 0, 60, what="every row sent")
         finally:
             out = stop(second)
         assert second.returncode == 0, out
@@ -208,7 +201,7 @@ async def test_two_relays_share_the_rows_and_keep_each_keys_order(
         await write(url, queue, 3000, keys=20, per_tx=100)
         relays = [start_relay(url), start_relay(url)]
         try:
-            await until(lambda: pending(pg_schema) == 0, 60, "every row sent")
+            await wait_for(lambda: pending(pg_schema) == 0, 60, what="every row sent")
         finally:
             outs = [stop(r) for r in relays]
         assert [r.returncode for r in relays] == [0, 0], outs
@@ -239,7 +232,7 @@ async def test_rows_written_while_the_broker_is_down_go_out_in_order_when_it_is_
             task = asyncio.create_task(relay.run())
             try:
                 await write(url, queue, 10, keys=2, per_tx=5)
-                await until(lambda: pending(pg_schema) == 0, 30, "the first rows sent")
+                await wait_for(lambda: pending(pg_schema) == 0, 30, what="the first rows sent")
                 proxy.refuse()
                 proxy.cut()
                 await write(url, queue, 200, keys=2, per_tx=20, first=10)
@@ -247,7 +240,7 @@ async def test_rows_written_while_the_broker_is_down_go_out_in_order_when_it_is_
                 assert pending(pg_schema) == 200  # waiting, not lost
                 assert any("outbox relay" in p for p in relay.unready()), relay.unready()
                 await proxy.accept()
-                await until(lambda: pending(pg_schema) == 0, 60, "every row sent after")
+                await wait_for(lambda: pending(pg_schema) == 0, 60, what="every row sent after")
             finally:
                 relay.stop()
                 await task
@@ -283,12 +276,14 @@ async def test_an_inbox_worker_killed_anywhere_leaves_each_effect_and_event_once
 
         first = start("0.01")
         try:
-            await until(lambda: queue_exists(work) or first.poll() is not None, 60, "the queue")
+            await wait_for(
+                lambda: queue_exists(work) or first.poll() is not None, 60, what="the queue"
+            )
             async with Publisher(settings()) as publisher:
                 await publisher.publish_many(
                     [Job(n=n) for n in range(500)], exchange="", routing_key=work
                 )
-            await until(lambda: effects() >= random.randrange(50, 400), 60, "some effects")
+            await wait_for(lambda: effects() >= random.randrange(50, 400), 60, what="some effects")
             first.send_signal(signal.SIGKILL)
             first.communicate(timeout=30)
         finally:
@@ -297,7 +292,9 @@ async def test_an_inbox_worker_killed_anywhere_leaves_each_effect_and_event_once
         assert effects() < 500, "the worker finished before it was killed"
         second = start("0")
         try:
-            await until(lambda: effects() == 500 and pending(pg_schema) == 0, 90, "all handled")
+            await wait_for(
+                lambda: effects() == 500 and pending(pg_schema) == 0, 90, what="all handled"
+            )
             await asyncio.sleep(1.0)  # anything handled twice would show by now
         finally:
             out_text = stop(second)
@@ -435,7 +432,7 @@ async def test_an_unroutable_row_waits_with_its_error_and_the_others_go_out(
             task = asyncio.create_task(relay.run())
             try:
                 got = await drain(queue, 5)
-                await until(lambda: bool(relay.unready()), 10, "the relay says it is stuck")
+                await wait_for(lambda: bool(relay.unready()), 10, what="the relay says it is stuck")
                 problems = relay.unready()
             finally:
                 relay.stop()

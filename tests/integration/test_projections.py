@@ -34,7 +34,16 @@ from tests.integration.apps.tally import Tick
 from tests.integration.test_idempotency import REDIS
 from tests.integration.test_operations import KANIN, ROOT, kanin
 from tests.integration.test_probes import fetch
-from tests.integration.worker_kit import amqp, close_connections_soon, settings, started
+from tests.integration.worker_kit import (
+    amqp,
+    close_connections_soon,
+    settings,
+    started,
+    wait_for,
+)
+from tests.integration.worker_kit import (
+    stop_process as stop,
+)
 
 pytestmark = pytest.mark.integration
 EVENTS = 1000
@@ -78,23 +87,6 @@ def table_exists(schema: str, table: str) -> bool:
 def checkpoint(schema: str, name: str) -> int | None:
     rows = query(schema, f"select stream_offset from kanin_checkpoints where name = '{name}'")
     return rows[0][0] if rows else None
-
-
-async def wait_for(check: Callable[[], bool], within: float, process: Any, what: str) -> None:
-    for _ in range(int(within / 0.05)):
-        if await asyncio.to_thread(check):
-            return
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"worker ended early: {process.stdout.read()}")
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {within}s: {what}")
-
-
-def stop(process: subprocess.Popen[str]) -> str:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    out, _ = process.communicate(timeout=30)
-    return out
 
 
 async def test_a_projection_killed_and_restarted_applies_each_event_once(

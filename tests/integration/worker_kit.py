@@ -129,3 +129,25 @@ def kill_tree(process: subprocess.Popen[str]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
+
+
+async def wait_for(
+    check: Callable[[], Any], within: float, process: Any = None, what: str = ""
+) -> None:
+    """Until ``check()`` (run in a thread: it may block) is true; fails early if
+    ``process`` (a ``Popen`` whose stdout is piped) ends first."""
+    for _ in range(int(within / 0.05)):
+        if await asyncio.to_thread(check):
+            return
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"process ended early: {process.stdout.read()}")
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {within}s: {what}")
+
+
+def stop_process(process: subprocess.Popen[str]) -> str:
+    """SIGTERM (if it still runs), then its output."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=30)
+    return out
