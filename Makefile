@@ -20,6 +20,7 @@ services:
 	@bash tests/services.sh
 
 test: install services
+	$(BIN)/kanin events check workers --against config/events.lock.json --mode full
 	$(BIN)/python -m pytest tests
 	@bash tests/matrix.sh lowest newest
 	@$(MAKE) -s offline

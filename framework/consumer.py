@@ -44,6 +44,7 @@ class Consumer:
     timeout: ClassVar[float | None] = None  # seconds per handler call
     idempotency: ClassVar[str | None] = None  # store URL; default KANIN_IDEMPOTENCY_URL
     idempotency_retention: ClassVar[float | None] = None  # default KANIN_IDEMPOTENCY_RETENTION
+    publishes: ClassVar[tuple[type[Event], ...]] = ()  # for contracts: the events it publishes
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Check what a subclass defines, when it is defined: a mistake here is a

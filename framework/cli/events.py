@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from framework.cli.app import HELP, BrokerOpt, app, on_broker, reported, server_settings
+from framework.contracts import check, snapshot
 from framework.errors import ConfigError
 from framework.ops.tail import event_line, event_record, parse_offset, tail
 from framework.transport import Delivery, Transport
 from framework.transport.base import StreamOffset
 
-events_app = typer.Typer(help="Watch the events that pass through the broker.", **HELP)
+events_app = typer.Typer(
+    help="Watch the events that pass through the broker; check event contracts.", **HELP
+)
 app.add_typer(events_app, name="events")
 
 
@@ -85,3 +89,79 @@ def _offset(value: str) -> StreamOffset:
         raise ConfigError(
             f"--from {value!r}: write first, last, next, an offset or an ISO 8601 time"
         ) from None
+
+
+@events_app.command("snapshot")
+def snapshot_command(
+    targets: Annotated[list[str], typer.Argument(metavar="TARGET", hidden=True)],
+    out: Annotated[
+        Path, typer.Option("--out", metavar="FILE", help="The lock file to write.")
+    ] = Path("events.lock.json"),
+) -> None:
+    """Record every event type and version the service of TARGET (modules or
+    module:Class, as for kanin run) consumes and publishes, with its JSON Schema, in
+    a lock file to commit."""
+    with reported():
+        contracts = snapshot.collect(targets)
+        snapshot.write(contracts, targets, out)
+        typer.echo(f"{len(contracts)} event types written to {out}")
+
+
+@events_app.command("check")
+def check_command(
+    targets: Annotated[list[str] | None, typer.Argument(metavar="[TARGET]...", hidden=True)] = None,
+    lock: Annotated[
+        Path | None,
+        typer.Option(
+            "--against", metavar="FILE", help="Compare TARGET's code with this lock file."
+        ),
+    ] = None,
+    mode: Annotated[
+        str, typer.Option("--mode", metavar="MODE", help="backward, forward or full.")
+    ] = "backward",
+    producer: Annotated[
+        Path | None,
+        typer.Option(
+            "--producer", metavar="FILE", help="A producer's lock file (with --consumer)."
+        ),
+    ] = None,
+    consumer: Annotated[
+        Path | None,
+        typer.Option(
+            "--consumer", metavar="FILE", help="A consumer's lock file (with --producer)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Compare the code of TARGET with a lock file (--against), or a producer's lock
+    file with a consumer's (--producer, --consumer). Prints each breaking change (event,
+    version, field, rule) and exits 1, else a summary line and exit 0."""
+    with reported():
+        if mode not in check.MODES:
+            raise ConfigError(f"--mode {mode!r}: write backward, forward or full")
+        if producer is not None or consumer is not None:
+            if producer is None or consumer is None or targets or lock is not None:
+                raise ConfigError(
+                    "--producer and --consumer go together, without TARGET or --against"
+                )
+            findings = list(check.between(snapshot.read(producer), snapshot.read(consumer)))
+            where = f"{producer} for {consumer}"
+        else:
+            if not targets or lock is None:
+                raise ConfigError("name TARGET and --against FILE (or --producer and --consumer)")
+            expected = snapshot.read(lock)
+            findings = list(check.against(snapshot.collect(targets), expected, mode))  # type: ignore[arg-type]
+            where = f"{lock} ({mode})"
+        breaking = [f for f in findings if f.breaking]
+        if as_json:
+            typer.echo(json.dumps({"compatible": not breaking, "against": where,
+                                   "findings": [f.record() for f in findings]}))  # fmt: skip
+        else:
+            for finding in findings:
+                if finding.breaking or finding.rule == "new version":
+                    typer.echo(finding.line())
+            verdict = (f"{len(breaking)} breaking change{'' if len(breaking) == 1 else 's'}"
+                       if breaking else "compatible")  # fmt: skip
+            typer.echo(f"events checked against {where}: {verdict}")
+        if breaking:
+            raise typer.Exit(1)

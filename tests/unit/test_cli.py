@@ -86,6 +86,8 @@ COMMANDS = [
     *[["topology", c] for c in ("validate", "plan", "apply", "graph", "export")],
     ["events"],
     ["events", "tail"],
+    ["events", "snapshot"],
+    ["events", "check"],
     ["replay"],
     ["outbox"],
     *[["outbox", c] for c in ("init", "status", "relay")],

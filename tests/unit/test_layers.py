@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 FRAMEWORK = Path(__file__).resolve().parents[2] / "framework"
-LEAVES = ("ops", "eventlog", "outbox")
+LEAVES = ("ops", "eventlog", "outbox", "contracts")
 
 
 def imported(path: Path) -> set[str]:

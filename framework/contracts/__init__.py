@@ -1,0 +1,2 @@
+"""Event contracts: snapshots of the events a service consumes and publishes, and
+their compatibility."""
