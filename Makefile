@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install services test matrix offline lint bench demo clean
+.PHONY: install services specs test matrix offline lint bench demo clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
@@ -19,7 +19,11 @@ install: $(STAMP)
 services:
 	@bash tests/services.sh
 
-test: install services
+# The official AsyncAPI JSON Schemas (npm: @asyncapi/specs), for the test of kanin asyncapi.
+specs:
+	@bash tests/asyncapi_specs.sh
+
+test: install services specs
 	$(BIN)/kanin events check workers --against config/events.lock.json --mode full
 	$(BIN)/python -m pytest tests
 	@bash tests/matrix.sh lowest newest
@@ -27,14 +31,14 @@ test: install services
 
 # The tests not marked `integration`, where no server answers (a network namespace of
 # their own, where this machine allows one): they must need none.
-offline: install
+offline: install specs
 	@if unshare -n true 2>/dev/null; then \
 		echo "== offline: pytest -m 'not integration', no network"; \
 		unshare -n sh -c 'ip link set lo up 2>/dev/null; $(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration" tests'; \
 	else echo "== offline: skipped (unshare -n is not allowed here)"; fi
 
 # The unit, conformance and fast-path tests on the lowest and the newest dependencies.
-matrix: install services
+matrix: install services specs
 	@bash tests/matrix.sh lowest newest
 
 lint: install

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from framework.cli import demo, dlq, events, outbox, publish, replay, run, status, topology
+from framework.cli import (
+    asyncapi,
+    demo,
+    dlq,
+    events,
+    outbox,
+    publish,
+    replay,
+    run,
+    status,
+    topology,
+)
 from framework.cli.app import app, load_settings, main
 
 __all__ = [
     "app",
+    "asyncapi",
     "demo",
     "dlq",
     "events",

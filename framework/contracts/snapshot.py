@@ -9,6 +9,7 @@ module of the service imports and does not consume (``workers.payments`` imports
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import inspect
 import json
@@ -35,6 +36,7 @@ class Contract:
     upcasts_from: list[int] = field(default_factory=list)
     consumed_by: list[str] = field(default_factory=list)
     published_by: list[str] = field(default_factory=list)
+    source: builtins.type[Event] | None = None  # the class, when it comes from the code
 
     def record(self) -> dict[str, Any]:
         return {
@@ -48,7 +50,7 @@ class Contract:
 
 def contract_of(cls: type[Event]) -> Contract:
     return Contract(cls.event_type, cls.event_version, cls.model_json_schema(),
-                    sorted(cls.upcasters))  # fmt: skip
+                    sorted(cls.upcasters), source=cls)  # fmt: skip
 
 
 def _modules(targets: list[str]) -> list[ModuleType]:

@@ -89,6 +89,7 @@ COMMANDS = [
     ["events", "snapshot"],
     ["events", "check"],
     ["replay"],
+    ["asyncapi"],
     ["outbox"],
     *[["outbox", c] for c in ("init", "status", "relay")],
     ["dlq"],
