@@ -29,18 +29,23 @@ def asyncapi_command(
     topology: TopologyOpt = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", metavar="FILE", help="Write here. Default: standard output.",
-                     show_default=False),
-    ] = None,  # fmt: skip
+        typer.Option(
+            "--out",
+            metavar="FILE",
+            help="Write here. Default: standard output.",
+            show_default=False,
+        ),
+    ] = None,
     form: Annotated[
-        Format, typer.Option("--format", case_sensitive=False, metavar="FORMAT",
-                             help="yaml or json.")
-    ] = Format.yaml,  # fmt: skip
+        Format,
+        typer.Option("--format", case_sensitive=False, metavar="FORMAT", help="yaml or json."),
+    ] = Format.yaml,
     title: Annotated[
         str | None,
-        typer.Option("--title", metavar="TEXT", help="Default: $KANIN_SERVICE_NAME.",
-                     show_default=False),
-    ] = None,  # fmt: skip
+        typer.Option(
+            "--title", metavar="TEXT", help="Default: $KANIN_SERVICE_NAME.", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """The AsyncAPI 3.0 document of the service made of TARGET (modules or module:Class,
     as for kanin run) and its topology: servers, channels with AMQP bindings (exchanges,
