@@ -4,7 +4,8 @@
 # user postgres, database test).
 # Starts a server that is installed but stopped, installs one that is missing,
 # and waits (bounded) until each answers. Also installs Graphviz (`dot`), which the
-# suite uses to check `kanin topology graph --format dot`. Safe to run again and again.
+# suite uses to check `kanin topology graph --format dot`, and Chromium with ChromeDriver,
+# which load the page of `kanin docs`. Safe to run again and again.
 set -euo pipefail
 
 WAIT_SECONDS="${KANIN_SERVICES_TIMEOUT:-120}"
@@ -112,7 +113,14 @@ graphviz() {
   command -v dot >/dev/null 2>&1 || apt_install graphviz
 }
 
+browser() {  # headless, for the test of the event catalog page (kanin docs)
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    apt_install chromium chromium-driver
+  fi
+}
+
 rabbitmq
 redis
 postgresql
 graphviz
+browser

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from framework.cli import (
     asyncapi,
+    catalog,
     demo,
     dlq,
     events,
@@ -19,6 +20,7 @@ from framework.cli.app import app, load_settings, main
 __all__ = [
     "app",
     "asyncapi",
+    "catalog",
     "demo",
     "dlq",
     "events",

@@ -90,6 +90,7 @@ COMMANDS = [
     ["events", "check"],
     ["replay"],
     ["asyncapi"],
+    ["docs"],
     ["outbox"],
     *[["outbox", c] for c in ("init", "status", "relay")],
     ["dlq"],
