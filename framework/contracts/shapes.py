@@ -77,8 +77,9 @@ def _kind(
             (inner[0] if len(inner) == 1 else node),
         )
     kind = node.get("type")
-    if kind is None:
-        kind = "enum" if "enum" in node or "const" in node else "any"
+    if kind is None:  # an enum or a const without "type" (older pydantic): from its values
+        found = {_JSON.get(type(v), "any") for v in _values(node) or ()}
+        kind = found.pop() if len(found) == 1 else "any"
     return str(kind), name, node
 
 
@@ -120,6 +121,7 @@ def _descend(
         _descend(inner, where, defs, out)
 
 
+_JSON = {str: "string", bool: "boolean", int: "integer", float: "number", type(None): "null"}
 BACKWARD = frozenset({"backward"})
 FORWARD = frozenset({"forward"})
 BOTH = frozenset({"backward", "forward"})
