@@ -153,6 +153,10 @@ class AmqpConsumerChannel:
                     await self.channel.basic_ack(tag)
                     self._count(1)
         except CHANNEL_GONE as exc:
+            if self.arguments and "x-stream-offset" in self.arguments:
+                # a stream keeps its messages: an ack there only returns credit
+                log.debug("channel of stream %s closed before its acks were sent", self.queue)
+                return
             log.warning(
                 "channel of %s closed before its acks were sent (%s): the broker redelivers them",
                 self.queue,
