@@ -17,6 +17,7 @@ failure mix, memory, scale-out) are still to come.
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import sys
 import threading
@@ -154,12 +155,51 @@ async def main() -> None:
         finally:
             await channel.queue_delete(base.QUEUE)
     raw = statistics.median(rates["raw aio-pika"])
+    record(rates, cpu)
     print(f"\ndrain  ({N} messages, {ROUNDS} interleaved rounds, median)")
     for name, values in rates.items():
         median = statistics.median(values)
         runs = ", ".join(f"{r:,.0f}" for r in values)
         print(f"  {name:<14} {median:>8,.0f} msg/s  {median / raw:5.2f}x raw aio-pika  "
               f"{statistics.median(cpu[name]):7.1f} us CPU/msg  [{runs}]")  # fmt: skip
+
+
+def record(rates: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
+    """This run as JSON, and a chart of it as PNG, under tests/bench/results/."""
+    import json
+    import platform
+    from datetime import UTC, datetime
+    from importlib.metadata import version
+
+    folder = Path(__file__).resolve().parent / "results"
+    folder.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    versions = {name: version(name) for name in
+                ("aio-pika", "faststream", "dramatiq", "celery", "kombu", "kanin")}  # fmt: skip
+    document = {
+        "scenario": "drain", "messages": N, "rounds": ROUNDS, "at": stamp,
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "versions": versions,
+        "settings": {"prefetch": base.PREFETCH, "threads": THREADS},
+        "results": {name: {"msg_per_s": rates[name], "cpu_us_per_msg": cpu[name]}
+                    for name in rates},
+    }  # fmt: skip
+    (folder / f"drain-{stamp}.json").write_text(json.dumps(document, indent=2) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the bench extra brings it; without it, the JSON alone
+        return
+    names = list(rates)
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    axis.bar(names, [statistics.median(rates[n]) for n in names], color="#4c72b0")
+    axis.set_ylabel("messages/s (median)")
+    axis.set_title(f"drain {N:,} messages, {ROUNDS} rounds")
+    figure.tight_layout()
+    figure.savefig(folder / f"drain-{stamp}.png", dpi=120)
+    plt.close(figure)
 
 
 if __name__ == "__main__":
