@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from framework.errors import KaninError
+from framework.errors import BrokerUnavailable, KaninError
 from framework.outbox.outbox import decode
 from framework.outbox.tables import (
     CHANNEL,
@@ -143,7 +143,7 @@ class Relay:
             async with conn.transaction():
                 cursor = await conn.execute(CLAIM, {"batch": self.batch})
                 rows = [Row(*record) for record in await cursor.fetchall()]
-                sent, failed = await self.send(rows)
+                sent, failed, outage = await self.send(rows)
                 if sent:
                     await conn.execute(SENT, [sent])
                 for row_id, error in failed:
@@ -153,10 +153,15 @@ class Relay:
             raise OutboxUnavailable(f"outbox database: {first_line(exc)}") from None
         self.sent += len(sent)
         self.failed_tries += len(failed)
+        if outage is not None:  # the rest waits, untouched, for the broker to be back
+            raise outage
         return len(sent)
 
-    async def send(self, rows: Sequence[Row]) -> tuple[list[int], list[tuple[int, str]]]:
-        """Publish ``rows``: the ids confirmed, and (id, error) of those that failed.
+    async def send(
+        self, rows: Sequence[Row]
+    ) -> tuple[list[int], list[tuple[int, str]], BrokerUnavailable | None]:
+        """Publish ``rows``: the ids confirmed, (id, error) of those the broker refused,
+        and the connection's loss if it went (the rows it took stay as they were).
 
         In waves, each one write and its confirms: the first wave holds every row
         without a key and the first row of each key; each next wave the next row of the
@@ -173,8 +178,9 @@ class Relay:
                 chains.append(by_key.setdefault(row.key, [row]))
         sent: list[int] = []
         failed: list[tuple[int, str]] = []
+        outage: BrokerUnavailable | None = None
         wave = [(chain, 0) for chain in chains]
-        while wave:
+        while wave and outage is None:
             messages = [
                 (row.exchange, row.routing_key, bytes(row.body), decode(row.properties))
                 for row in (chain[at] for chain, at in wave)
@@ -182,6 +188,9 @@ class Relay:
             errors = await self.publisher.publish_raw_each(messages)
             following = []
             for (chain, at), error in zip(wave, errors, strict=True):
+                if isinstance(error, BrokerUnavailable):
+                    outage = error
+                    continue
                 if error is not None:
                     failed.append((chain[at].id, str(error)))
                     continue
@@ -195,7 +204,7 @@ class Relay:
         if len(self._reported) > 10_000:
             self._reported.clear()
         self._reported.update(row_id for row_id, _ in failed)
-        return sent, failed
+        return sent, failed, outage
 
     async def _housekeeping(self, conn: Any) -> None:
         """At most once a second, the counts; once a minute, the retention."""
