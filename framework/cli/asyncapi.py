@@ -54,7 +54,7 @@ def asyncapi_command(
     with reported():
         settings = load_settings(topology=topology)
         consumers = load_consumers(targets)
-        contracts = snapshot.collect(targets)
+        contracts = snapshot.collect(targets, consumers)
         model = topology_for(settings, consumers, topology) or Topology()
         classes = {n: c.source for n, c in contracts.items() if c.source is not None}
         document = asyncapi.document(

@@ -55,7 +55,7 @@ def docs_command(
     with reported():
         settings = load_settings(topology=topology)
         consumers = load_consumers(targets)
-        contracts = snapshot.collect(targets)
+        contracts = snapshot.collect(targets, consumers)
         model = topology_for(settings, consumers, topology) or Topology()
         drawn, is_svg = diagram(model, [(c.__name__, c.queue) for c in consumers])
         text = catalog.page(

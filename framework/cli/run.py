@@ -64,6 +64,14 @@ async def _serve(worker: Worker, parent: int | None = None) -> None:
             watch.cancel()
 
 
+def split(
+    consumers: list[type[Consumer]],
+) -> tuple[list[type[Projection]], list[type[Consumer]]]:
+    """The projection classes among ``consumers``, and the others."""
+    projections = [c for c in consumers if issubclass(c, Projection)]
+    return projections, [c for c in consumers if c not in projections]
+
+
 def serve(
     make: Callable[[TracerProvider | None], Worker],
     settings: Settings,
@@ -95,8 +103,7 @@ def run_worker(
     """Run one worker for ``consumers`` (projections among them read their streams; the
     outbox of ``KANIN_OUTBOX_URL`` is relayed; consumers with a PostgreSQL idempotency
     store get the inbox)."""
-    projections = [c for c in consumers if issubclass(c, Projection)]
-    plain = [c for c in consumers if not issubclass(c, Projection)]
+    projections, plain = split(consumers)
     extensions: list[Extension] = []
     if projections:
         extensions.append(Projections(projections))
@@ -234,8 +241,7 @@ def run(
         )
         configure_logging(log_level.value, settings.log_format)
         consumers = load_consumers(targets)
-        projections = [c for c in consumers if issubclass(c, Projection)]
-        plain = [c for c in consumers if c not in projections]
+        projections, plain = split(consumers)
         loaded = topology_for(settings, plain, topology)
         # unusable consumer classes or projections: exit 2 before forking
         check_streams(projections, queue_specs(plain, loaded))

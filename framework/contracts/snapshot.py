@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from framework.consumer import Consumer
 from framework.errors import ConfigError
 from framework.events import Event
 from framework.loading import load_consumers
@@ -68,9 +69,13 @@ def _modules(targets: list[str]) -> list[ModuleType]:
     return list(found.values())
 
 
-def collect(targets: list[str]) -> dict[str, Contract]:
-    """The contracts of the service made of ``targets`` (as for ``kanin run``), by type."""
-    consumers = load_consumers(targets)
+def collect(
+    targets: list[str], consumers: list[type[Consumer]] | None = None
+) -> dict[str, Contract]:
+    """The contracts of the service made of ``targets`` (as for ``kanin run``), by type;
+    ``consumers``: its consumer classes, when already loaded from ``targets``."""
+    if consumers is None:
+        consumers = load_consumers(targets)
     contracts: dict[str, Contract] = {}
 
     def add(cls: type[Event]) -> Contract:

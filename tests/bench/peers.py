@@ -38,6 +38,29 @@ ROUNDS = base.ROUNDS
 THREADS = 8
 
 
+class Tally:
+    """Handled messages counted from worker threads: when the first and the N-th came."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first = self.last = 0.0
+        self.lock = threading.Lock()
+        self.finished = threading.Event()
+
+    def tick(self) -> None:
+        with self.lock:
+            if not self.count:
+                self.first = time.perf_counter()
+            self.count += 1
+            if self.count == N:
+                self.last = time.perf_counter()
+                self.finished.set()
+
+    def rate(self) -> float:
+        assert self.count == N, self.count
+        return N / (self.last - self.first)
+
+
 def dramatiq_drain() -> tuple[float, float]:
     """Publish N with ``actor.send``, then drain them with one Dramatiq worker."""
     import dramatiq
@@ -46,17 +69,11 @@ def dramatiq_drain() -> tuple[float, float]:
     queue = f"kanin-bench-dramatiq-{uuid.uuid4().hex[:8]}"
     broker = RabbitmqBroker(url=URL)
     dramatiq.set_broker(broker)
-    seen = {"count": 0, "first": 0.0, "last": 0.0}
-    lock = threading.Lock()
+    tally = Tally()
 
     def handle(order: dict[str, object]) -> None:
         assert order["order_id"]
-        with lock:
-            if not seen["count"]:
-                seen["first"] = time.perf_counter()
-            seen["count"] += 1
-            if seen["count"] == N:
-                seen["last"] = time.perf_counter()
+        tally.tick()
 
     actor = dramatiq.actor(handle, queue_name=queue, max_retries=0, actor_name=queue)
     try:
@@ -69,8 +86,7 @@ def dramatiq_drain() -> tuple[float, float]:
         worker.join()
         used = time.process_time() - before
         worker.stop()
-        assert seen["count"] == N, seen
-        return N / (seen["last"] - seen["first"]), used / N * 1e6
+        return tally.rate(), used / N * 1e6
     finally:
         for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
             broker.channel.queue_delete(name)
@@ -88,20 +104,12 @@ def celery_drain() -> tuple[float, float]:
         broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
         worker_redirect_stdouts=False, worker_enable_remote_control=False,
     )  # fmt: skip
-    seen = {"count": 0, "first": 0.0, "last": 0.0}
-    lock = threading.Lock()
-    finished = threading.Event()
+    tally = Tally()
 
     @app.task(name="bench.handle", ignore_result=True)
     def handle(order: dict[str, object]) -> None:
         assert order["order_id"]
-        with lock:
-            if not seen["count"]:
-                seen["first"] = time.perf_counter()
-            seen["count"] += 1
-            if seen["count"] == N:
-                seen["last"] = time.perf_counter()
-                finished.set()
+        tally.tick()
 
     with app.producer_or_acquire() as producer:
         for i in range(N):
@@ -113,9 +121,9 @@ def celery_drain() -> tuple[float, float]:
     before = time.process_time()
     thread.start()
     try:
-        assert finished.wait(600), seen
+        assert tally.finished.wait(600), tally.count
         used = time.process_time() - before
-        return N / (seen["last"] - seen["first"]), used / N * 1e6
+        return tally.rate(), used / N * 1e6
     finally:
         worker.stop(in_sighandler=False)
         thread.join(30)
