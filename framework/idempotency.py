@@ -165,6 +165,11 @@ class RedisStore:
         await self.client.aclose()
 
 
+def uses_inbox(url: str) -> bool:
+    """Whether ``url`` names a PostgreSQL store: the inbox (framework.outbox.inbox)."""
+    return url == "postgres" or url.startswith(("postgresql://", "postgres://"))
+
+
 def open_store(url: str) -> IdempotencyStore | None:
     """``memory://`` (one process), ``redis://host:port/db`` (shared), or ``off``. (A
     worker asks its extensions first: the inbox adds ``postgresql://``.)"""

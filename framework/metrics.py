@@ -1,14 +1,15 @@
 """Prometheus metrics of a worker, read from its counters when scraped.
 
-The hot path only bumps plain integers (``Stats``) and ``Histogram`` buckets; this module
-turns them into Prometheus families at scrape time, so metrics cost nothing per message
-beyond those additions and need no global registry.
+The hot path only bumps plain integers (``Stats``) and ``Histogram`` buckets
+(framework.histogram); this module turns them into Prometheus families at scrape time, so
+metrics cost nothing per message beyond those additions and need no global registry. It
+is imported only by a worker that serves ``/metrics``: prometheus_client stays out of the
+others' memory.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
@@ -23,8 +24,6 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from framework.worker import Worker
 
-SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
 # Stats field -> (metric name, help). Every field of ``runner.Stats`` is exported.
 MESSAGE_COUNTERS = {
     "received": ("kanin_messages_consumed", "Messages delivered to the consumer."),
@@ -37,29 +36,6 @@ MESSAGE_COUNTERS = {
     "returned": ("kanin_messages_returned", "Messages given back to their queue."),
     "no_key": ("kanin_messages_without_key", "Messages handled without deduplication."),
 }
-
-
-class Histogram:
-    """Cumulative-at-scrape histogram: one ``bisect`` and two additions per observation."""
-
-    __slots__ = ("bounds", "counts", "total")
-
-    def __init__(self, bounds: Sequence[float] = SECONDS) -> None:
-        self.bounds = tuple(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-    def buckets(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        running = 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            running += count
-            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
-        return out
 
 
 class WorkerCollector(Collector):

@@ -23,7 +23,7 @@ from opentelemetry.trace import TracerProvider
 
 from framework.errors import BrokerUnavailable, KaninError, PublishFailed, Unroutable
 from framework.events import Event, new_message_id
-from framework.metrics import Histogram
+from framework.histogram import Histogram
 from framework.settings import Settings
 from framework.tracing import Tracing
 from framework.transport import OutgoingMessage, Properties, Transport, open_transport

@@ -14,15 +14,13 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any
 
-from tenacity import AsyncRetrying, retry_if_not_exception_type, stop_after_attempt, wait_fixed
-
 from framework.consumer import Consumer, Context
 from framework.errors import KaninError, Reject, Retry
 from framework.events import DecodeError, Event
 from framework.headers import integer, text
+from framework.histogram import Histogram
 from framework.idempotency import IdempotencyStore, Session, Status, StoreUnavailable, scoped_key
 from framework.logs import FLOW
-from framework.metrics import Histogram
 from framework.publisher import Publisher
 from framework.recovery import Verdict, classify, dead_letter_message, retry_message
 from framework.retry import RetryPolicy
@@ -217,6 +215,14 @@ class Runner:
         if not self.policy.immediate:
             await self.call_once(event, ctx)
             return
+        # tenacity is loaded by the first consumer with immediate retries, not by every worker
+        from tenacity import (
+            AsyncRetrying,
+            retry_if_not_exception_type,
+            stop_after_attempt,
+            wait_fixed,
+        )
+
         async for fast_try in AsyncRetrying(
             stop=stop_after_attempt(self.policy.immediate + 1),
             wait=wait_fixed(self.policy.immediate_delay),

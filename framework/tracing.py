@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import (
     INVALID_SPAN_CONTEXT,
     Link,
@@ -40,7 +38,10 @@ from opentelemetry.util.types import AttributeValue
 
 from framework.errors import ConfigError
 from framework.headers import text
-from framework.spans import is_w3c_default, lean_tracer, link
+
+if TYPE_CHECKING:  # the SDK (and kanin's spans, made with it) load only when tracing is on
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 _OFF: AbstractContextManager[None] = nullcontext()
 
@@ -71,7 +72,13 @@ class Tracing:
         # The SDK's tracer gets lean spans (framework.spans) where they may run; any
         # other keeps its own. ``fast``: KANIN_FAST_PATHS.
         self.fast = fast
-        self.lean = lean_tracer(self.tracer, fast) if self.tracer is not None else None
+        self.lean = None
+        self._link = _no_link
+        if self.tracer is not None:
+            from framework.spans import lean_tracer, link
+
+            self.lean = lean_tracer(self.tracer, fast)
+            self._link = link
         self._textmap: object = None  # the global propagator last seen, and whether it
         self._w3c = False  # is OpenTelemetry's default
 
@@ -80,7 +87,10 @@ class Tracing:
         """``provider``, else the application's global SDK provider if it set one, else off."""
         if provider is None:
             current = trace.get_tracer_provider()
-            provider = current if isinstance(current, TracerProvider) else None
+            sdk = sys.modules.get("opentelemetry.sdk.trace")  # not loaded: not an SDK provider
+            provider = (
+                current if sdk is not None and isinstance(current, sdk.TracerProvider) else None
+            )
         return cls(provider, fast)
 
     def send(
@@ -144,7 +154,7 @@ class Tracing:
             parent,
             producer,
             attributes,
-            (link(producer),) if producer.is_valid else (),
+            (self._link(producer),) if producer.is_valid else (),
         )
         return _Active(span)
 
@@ -176,7 +186,7 @@ class Tracing:
             otel_context.Context(),
             INVALID_SPAN_CONTEXT,
             attributes,
-            (link(earlier),) if earlier.is_valid else (),
+            (self._link(earlier),) if earlier.is_valid else (),
         )
         active = _Active(span)
         headers = properties.headers
@@ -191,6 +201,8 @@ class Tracing:
         is read here directly: the same context, for about half the cost."""
         textmap = propagate.get_global_textmap()
         if textmap is not self._textmap:
+            from framework.spans import is_w3c_default
+
             self._textmap, self._w3c = textmap, is_w3c_default(textmap, self.fast)
         if self._w3c and "tracestate" not in headers and "baggage" not in headers:
             value = text(headers.get("traceparent"))
@@ -232,6 +244,10 @@ class Tracing:
             record_exception=False,
             set_status_on_exception=False,
         )
+
+
+def _no_link(context: SpanContext) -> Link:  # pragma: no cover - tracing off makes no spans
+    raise RuntimeError("no links without a tracer")
 
 
 class _Active:
@@ -279,6 +295,10 @@ def provider_from_env(service_name: str, console: bool = False) -> TracerProvide
     ``console``. ``OTEL_SERVICE_NAME`` wins over kanin's service name; the sampler comes
     from ``OTEL_TRACES_SAMPLER``; ``OTEL_SDK_DISABLED=true`` turns it all off.
     """
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
     env = os.environ
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
@@ -300,6 +320,8 @@ def provider_from_env(service_name: str, console: bool = False) -> TracerProvide
 
 
 def _exporter(name: str) -> SpanExporter:
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
     if name == "console":
         return ConsoleSpanExporter()
     if name != "otlp":

@@ -17,16 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.trace import TracerProvider
-from prometheus_client.metrics_core import Metric
 
 from framework.consumer import Consumer
 from framework.errors import BrokerError, ConfigError, KaninError
 from framework.idempotency import IdempotencyStore, open_store
 from framework.lag import LoopWatch
-from framework.probes import ProbeServer
 from framework.publisher import Publisher
 from framework.runner import Runner
 from framework.settings import Settings
@@ -35,6 +33,11 @@ from framework.topology.expand import expand, recovery_queues
 from framework.topology.model import QueueSpec, Topology
 from framework.tracing import Tracing
 from framework.transport import ConsumerChannel, Transport, open_transport
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from framework.probes import ProbeServer
 
 log = logging.getLogger("kanin.worker")
 
@@ -144,9 +147,11 @@ class Worker:
         self._stopping = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self.loop_watch = LoopWatch(settings.loop_lag_threshold)
-        self.probes = (
-            ProbeServer(self, settings.http_port) if settings.http_port is not None else None
-        )
+        self.probes: ProbeServer | None = None
+        if settings.http_port is not None:  # prometheus_client only where /metrics is served
+            from framework.probes import ProbeServer
+
+            self.probes = ProbeServer(self, settings.http_port)
 
     def _store(self, url: str) -> IdempotencyStore | None:
         if url not in self.stores:

@@ -8,11 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 
 from framework.cli.app import TopologyOpt, app, load_settings, reported
 from framework.cli.guards import topology_for
-from framework.contracts import asyncapi, snapshot
 from framework.loading import load_consumers
 from framework.settings import strip_password
 from framework.topology import Topology
@@ -51,6 +49,10 @@ def asyncapi_command(
     as for kanin run) and its topology: servers, channels with AMQP bindings (exchanges,
     queues, retry and dead-letter queues), receive and send operations, and each event's
     payload schema and headers."""
+    import yaml
+
+    from framework.contracts import asyncapi, snapshot
+
     with reported():
         settings = load_settings(topology=topology)
         consumers = load_consumers(targets)

@@ -11,16 +11,16 @@ import typer
 
 from framework.cli.app import TopologyOpt, app, load_settings, reported
 from framework.cli.guards import topology_for
-from framework.contracts import catalog, snapshot
 from framework.errors import ConfigError
 from framework.loading import load_consumers
-from framework.ops.graph import build, render
 from framework.topology import Topology
 
 
 def diagram(topology: Topology, consumers: list[tuple[str, str]]) -> tuple[str, bool]:
     """The topology as an SVG drawn by Graphviz's ``dot`` (True), or as Mermaid source
     (False) where ``dot`` is not installed or fails."""
+    from framework.ops.graph import build, render
+
     graph = build(topology, consumers)
     dot = shutil.which("dot")
     if dot is not None:
@@ -52,6 +52,8 @@ def docs_command(
     kanin run) to DIR/index.html: each event's fields, an example body, who publishes
     and who consumes it and on which queues; the topology drawn; each queue's retry and
     dead-letter policy. One page, no network needed to view it."""
+    from framework.contracts import catalog, snapshot
+
     with reported():
         settings = load_settings(topology=topology)
         consumers = load_consumers(targets)

@@ -10,7 +10,6 @@ import typer
 
 from framework.cli.app import TopologyOpt, app, load_settings, reported
 from framework.consumer import Consumer
-from framework.demo import event_map, run_demo
 from framework.errors import ConfigError
 from framework.loading import load_attribute, load_consumers
 from framework.logs import configure as configure_logging
@@ -54,6 +53,8 @@ def demo(
     three orders, paid at once, paid after a retry, and dead-lettered after
     its last attempt. Retry waits pass on the broker's clock, not yours.
     """
+    from framework.demo import event_map, run_demo
+
     configure_logging("INFO" if verbose else "CRITICAL", "text")
     with reported():
         settings = load_settings(topology=topology)

@@ -8,19 +8,20 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from framework.cli.app import HELP, BrokerOpt, app, on_broker, reported, server_settings
-from framework.cli.dlq_view import describe, failed_at, progress_bar, summary, when
 from framework.errors import ConfigError, KaninError
-from framework.ops import dlq
-from framework.ops.walk import Tally
 from framework.settings import Settings
 from framework.topology import load_topology
 from framework.tracing import Tracing, provider_from_env
 from framework.transport import Transport
+
+if TYPE_CHECKING:  # the DLQ operations load when a dlq command runs
+    from framework.ops import dlq
+    from framework.ops.walk import Tally
 
 dlq_app = typer.Typer(
     help="Dead-letter queues: list their failures, show, replay, export or purge messages.",
@@ -100,6 +101,8 @@ def _selection(
     failed_after: str | None,
     failed_before: str | None,
 ) -> dlq.Selection:
+    from framework.ops import dlq
+
     return dlq.Selection.of(
         error_type,
         consumer,
@@ -141,6 +144,9 @@ def list_command(
 ) -> None:
     """Every DLQ with its depth, first and last failure, and failure groups
     (error type and consumer; the broker's own dead letters by reason)."""
+    from framework.cli.dlq_view import when
+    from framework.ops import dlq
+
     with reported():
         settings = server_settings("dlq list", broker_url=broker_url)
         model = load_topology(topology) if topology is not None else None
@@ -192,6 +198,9 @@ def show_command(
 ) -> None:
     """Print the messages parked in QUEUE (orders.dlq, say): ids, error, origin, trace
     id, headers and body. The queue is left exactly as it was."""
+    from framework.cli.dlq_view import describe
+    from framework.ops import dlq
+
     with reported():
         settings = server_settings("dlq show", broker_url=broker_url)
         select = _selection(error_type, consumer, message_id, failed_after, failed_before)
@@ -260,6 +269,9 @@ def replay_command(
     (orders), through the default exchange:
     attempt 1 again, same ids, error headers dropped. Each copy is confirmed before the
     message leaves the DLQ; messages not selected stay, in order."""
+    from framework.cli.dlq_view import failed_at, progress_bar, summary
+    from framework.ops import dlq
+
     with reported():
         settings = server_settings("dlq replay", broker_url=broker_url)
         select = _selection(error_type, consumer, message_id, failed_after, failed_before)
@@ -318,6 +330,9 @@ def purge_command(
     broker_url: BrokerOpt = None,
 ) -> None:
     """Remove messages of QUEUE for good (asks first on a terminal)."""
+    from framework.cli.dlq_view import progress_bar, summary
+    from framework.ops import dlq
+
     with reported():
         settings = server_settings("dlq purge", broker_url=broker_url)
         select = _selection(error_type, consumer, message_id, failed_after, failed_before)
@@ -359,6 +374,9 @@ def export_command(
 ) -> None:
     """Write the messages of QUEUE to a JSON-lines file: headers, properties, and the
     body as text (UTF-8) or base64."""
+    from framework.cli.dlq_view import progress_bar, summary
+    from framework.ops import dlq
+
     with reported():
         settings = server_settings("dlq export", broker_url=broker_url)
         select = _selection(error_type, consumer, message_id, failed_after, failed_before)

@@ -10,9 +10,7 @@ from typing import Annotated
 import typer
 
 from framework.cli.app import HELP, BrokerOpt, app, on_broker, reported, server_settings
-from framework.contracts import check, snapshot
 from framework.errors import ConfigError
-from framework.ops.tail import event_line, event_record, parse_offset, tail
 from framework.transport import Delivery, Transport
 from framework.transport.base import StreamOffset
 
@@ -62,6 +60,8 @@ def tail_command(
     of its own gets copies (bound with each --key), so no queue loses a message; it
     goes when this stops (Ctrl-C, or --count). With --stream, reads a stream from
     --from instead."""
+    from framework.ops.tail import event_line, event_record, tail
+
     with reported():
         settings = server_settings("events tail", broker_url=broker_url)
         if (exchange is None) == (stream is None):
@@ -83,6 +83,8 @@ def tail_command(
 
 
 def _offset(value: str) -> StreamOffset:
+    from framework.ops.tail import parse_offset
+
     try:
         return parse_offset(value)
     except ValueError:
@@ -101,6 +103,8 @@ def snapshot_command(
     """Record every event type and version the service of TARGET (modules or
     module:Class, as for kanin run) consumes and publishes, with its JSON Schema, in
     a lock file to commit."""
+    from framework.contracts import snapshot
+
     with reported():
         contracts = snapshot.collect(targets)
         snapshot.write(contracts, targets, out)
@@ -136,6 +140,8 @@ def check_command(
     """Compare the code of TARGET with a lock file (--against), or a producer's lock
     file with a consumer's (--producer, --consumer). Prints each breaking change (event,
     version, field, rule) and exits 1, else a summary line and exit 0."""
+    from framework.contracts import check, snapshot
+
     with reported():
         if mode not in check.MODES:
             raise ConfigError(f"--mode {mode!r}: write backward, forward or full")

@@ -12,8 +12,6 @@ import typer
 from framework.cli.app import HELP, BrokerOpt, app, load_settings, reported, server_settings
 from framework.cli.run import serve
 from framework.errors import ConfigError
-from framework.outbox import tables
-from framework.outbox.service import OutboxRelay
 from framework.settings import Settings
 from framework.worker import Worker
 
@@ -32,6 +30,7 @@ UrlOpt = Annotated[
 
 
 def _url(settings: Settings) -> str:
+
     url = settings.outbox_url
     if not url:
         raise ConfigError("name the outbox database: --url postgresql://... or KANIN_OUTBOX_URL")
@@ -44,6 +43,8 @@ def _url(settings: Settings) -> str:
 def init_command(url: UrlOpt = None) -> None:
     """Create the outbox and inbox tables, or bring them up to date (safe to run
     again)."""
+    from framework.outbox import tables
+
     with reported():
         where = _url(load_settings(outbox_url=url))
         asyncio.run(tables.init(where))
@@ -57,6 +58,8 @@ def status_command(
 ) -> None:
     """Rows pending, the oldest one's age, rows whose last try failed, rows sent and
     kept. Exit 1 while a pending row's last try failed."""
+    from framework.outbox import tables
+
     with reported():
         where = _url(load_settings(outbox_url=url))
 
@@ -110,6 +113,7 @@ def relay_command(
 ) -> None:
     """Send the outbox's rows to the broker until SIGTERM or SIGINT. Several relays
     may share one outbox: each row is sent by one of them."""
+    from framework.outbox.service import OutboxRelay
 
     with reported(quiet_client=False):
         settings = server_settings(

@@ -6,24 +6,24 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from framework.cli.app import BrokerOpt, TopologyOpt, app, on_broker, reported, server_settings
 from framework.cli.guards import topology_for
 from framework.errors import ConfigError
-from framework.eventlog.projection import Projection
-from framework.eventlog.reader import ProjectionReader
-from framework.eventlog.replay import Outcome, Replay, last_offset
-from framework.eventlog.service import check_streams, checkpoint_url, open_stores
 from framework.loading import load_consumers
-from framework.ops.tail import parse_offset
 from framework.publisher import Publisher
 from framework.settings import Settings
 from framework.tracing import Tracing, provider_from_env
 from framework.transport import Transport
 from framework.transport.base import StreamOffset
+
+if TYPE_CHECKING:
+    from framework.eventlog.projection import Projection
+    from framework.eventlog.reader import ProjectionReader
+    from framework.eventlog.replay import Outcome, Replay
 
 
 @app.command("replay")
@@ -65,6 +65,10 @@ def replay_command(
     range of it, moving their checkpoints as they go, and exit at its end. Stop the
     'kanin run' of those projections first: two readers of one projection apply its
     events twice."""
+    from framework.eventlog.projection import Projection
+    from framework.eventlog.replay import Outcome, Replay, last_offset
+    from framework.eventlog.service import check_streams, open_stores
+
     with reported():
         settings = server_settings("replay", broker_url=broker_url, topology=topology)
         classes = [
@@ -125,6 +129,8 @@ def replay_command(
 async def _plan(
     job: Replay, cls: type[Projection], end: int | None, reset: bool, settings: Settings
 ) -> str:
+    from framework.eventlog.service import checkpoint_url
+
     saved = None if reset else await job.stores[cls].load(cls.projection_name())
     url, _ = checkpoint_url(cls, settings)
     start = job.start if job.start is not None else (saved + 1 if saved is not None else cls.offset)
@@ -138,6 +144,7 @@ async def _plan(
 
 
 def _refuse_rereading(cls: type[Projection], begin: StreamOffset | None, saved: int | None) -> None:
+
     if saved is None or begin is None:
         return
     if begin == "first" or (isinstance(begin, int) and begin <= saved):
@@ -149,6 +156,8 @@ def _refuse_rereading(cls: type[Projection], begin: StreamOffset | None, saved: 
 
 def _where(flag: str, value: str, words: tuple[str, ...]) -> StreamOffset:
     """An offset, an ISO 8601 time, or one of ``words``."""
+    from framework.ops.tail import parse_offset
+
     try:
         where = parse_offset(value)
     except ValueError:
@@ -162,6 +171,7 @@ def _where(flag: str, value: str, words: tuple[str, ...]) -> StreamOffset:
 @contextmanager
 def progress_bar() -> Iterator[Callable[[ProjectionReader, Outcome], None] | None]:
     """Offset, events/s and time left on a terminal; nothing otherwise."""
+
     if not sys.stderr.isatty():
         yield None
         return

@@ -7,9 +7,10 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from opentelemetry.trace import TracerProvider
@@ -18,16 +19,18 @@ from framework.cli.app import BrokerOpt, TopologyOpt, app, load_settings, report
 from framework.cli.guards import check_idempotency, topology_for
 from framework.consumer import Consumer
 from framework.errors import ConfigError, KaninError
-from framework.eventlog.projection import Projection
-from framework.eventlog.service import Projections, check_streams
+from framework.idempotency import uses_inbox
 from framework.loading import load_consumers
 from framework.logs import configure as configure_logging
-from framework.outbox.inbox import Inbox, uses_inbox
-from framework.outbox.service import OutboxRelay
 from framework.settings import Settings
 from framework.topology import Topology
 from framework.tracing import provider_from_env
 from framework.worker import Extension, Worker, queue_specs
+
+if TYPE_CHECKING:
+    from framework.eventlog.projection import Projection
+
+# The feature packages (event log, outbox, inbox) load only for a worker that uses them.
 
 log = logging.getLogger("kanin.run")
 
@@ -67,8 +70,14 @@ async def _serve(worker: Worker, parent: int | None = None) -> None:
 def split(
     consumers: list[type[Consumer]],
 ) -> tuple[list[type[Projection]], list[type[Consumer]]]:
-    """The projection classes among ``consumers``, and the others."""
-    projections = [c for c in consumers if issubclass(c, Projection)]
+    """The projection classes among ``consumers``, and the others. (A projection class
+    comes from a module that imported framework.eventlog: if none did, there is none.)"""
+    module = sys.modules.get("framework.eventlog.projection")
+    if module is None:
+        return [], list(consumers)
+    projections = cast(
+        "list[type[Projection]]", [c for c in consumers if issubclass(c, module.Projection)]
+    )
     return projections, [c for c in consumers if c not in projections]
 
 
@@ -106,10 +115,16 @@ def run_worker(
     projections, plain = split(consumers)
     extensions: list[Extension] = []
     if projections:
+        from framework.eventlog.service import Projections
+
         extensions.append(Projections(projections))
     if settings.outbox_url:
+        from framework.outbox.service import OutboxRelay
+
         extensions.append(OutboxRelay(settings.outbox_url, settings.outbox_retention))
     if any(uses_inbox(c.idempotency or settings.idempotency_url) for c in plain):
+        from framework.outbox.inbox import Inbox
+
         extensions.append(Inbox(settings))
 
     def make(provider: TracerProvider | None) -> Worker:
@@ -244,7 +259,10 @@ def run(
         projections, plain = split(consumers)
         loaded = topology_for(settings, plain, topology)
         # unusable consumer classes or projections: exit 2 before forking
-        check_streams(projections, queue_specs(plain, loaded))
+        if projections:
+            from framework.eventlog.service import check_streams
+
+            check_streams(projections, queue_specs(plain, loaded))
         check_idempotency(settings, plain, processes)
         if projections and processes > 1:
             raise ConfigError(

@@ -6,15 +6,17 @@ import asyncio
 import json
 import sys
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from framework.cli.app import BrokerOpt, TopologyOpt, app, reported, server_settings
 from framework.management import Management
-from framework.ops.status import Row, problems, rows, table
 from framework.settings import Settings
 from framework.topology import Topology, load_topology
+
+if TYPE_CHECKING:
+    from framework.ops.status import Row
 
 
 @app.command("status")
@@ -35,6 +37,8 @@ def status(
 ) -> None:
     """Ready, unacked, consumers, rates, waiting retries and DLQ depth per work queue.
     Exit 1 when a DLQ holds messages or a work queue has no consumer."""
+    from framework.ops.status import problems
+
     with reported():
         settings = server_settings("status", broker_url=broker_url)
         model = load_topology(topology if topology is not None else settings.topology)
@@ -56,11 +60,15 @@ def status(
 
 
 def _rows(settings: Settings, model: Topology) -> list[Row]:
+    from framework.ops.status import rows
+
     live = asyncio.run(Management.from_settings(settings).queues(stats=True))
     return rows(model, {q["name"]: q for q in live})
 
 
 def _print(found: list[Row], as_json: bool) -> None:
+    from framework.ops.status import problems, table
+
     trouble = problems(found)
     if as_json:
         typer.echo(json.dumps({"queues": [r.as_json() for r in found], "problems": trouble}))

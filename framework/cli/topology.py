@@ -14,8 +14,6 @@ from framework.cli.app import HELP, BrokerOpt, app, load_settings, reported, ser
 from framework.errors import BrokerUnavailable, ConfigError
 from framework.loading import load_consumers
 from framework.management import LiveTopology, Management
-from framework.ops.export import export_topology
-from framework.ops.graph import build, render
 from framework.settings import Settings
 from framework.topology import Topology, expand, load_topology
 from framework.topology.declare import apply_topology
@@ -199,6 +197,8 @@ def graph_command(
     """Draw the topology FILE: exchanges -> bindings -> queues, retry and DLQ queues
     aside, and the consumer classes of each TARGET (a module or class, as for kanin
     run) at their queues."""
+    from framework.ops.graph import build, render
+
     with reported():
         topology = load_topology(file)
         consumers = [(c.__name__, c.queue) for c in load_consumers(targets)] if targets else []
@@ -220,6 +220,8 @@ def export_command(
     broker_url: BrokerOpt = None,
 ) -> None:
     """Write the live broker's exchanges, queues and bindings as a topology file."""
+    from framework.ops.export import export_topology
+
     with reported():
         settings = server_settings("topology export", broker_url=broker_url)
         exported = export_topology(asyncio.run(_live(settings)), prefix)

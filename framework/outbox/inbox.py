@@ -176,7 +176,3 @@ class Inbox:
 
     async def stop(self, grace: float) -> None:
         pass
-
-
-def uses_inbox(url: str) -> bool:
-    return url == "postgres" or url.startswith(("postgresql://", "postgres://"))

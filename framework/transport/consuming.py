@@ -2,9 +2,13 @@
 
 One task per delivery (not two), no wrapper object per message, and acknowledgements
 coalesced into one ``basic.ack multiple=true`` per event-loop turn for every run of
-finished deliveries. A delivery is always settled on the channel it came from, so after
-a reconnect a stale delivery tag is never acknowledged on a new channel: the broker
-redelivers that message instead.
+finished deliveries. Deliveries that finish behind one still running wait for it up to
+``HOLD`` seconds (at most half the prefetch of them), so that one ``multiple`` ack covers
+them all instead of a frame and a write each; past that, they are acked one by one.
+
+A delivery is always settled on the channel it came from, so after a reconnect a stale
+delivery tag is never acknowledged on a new channel: the broker redelivers that message
+instead.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from framework.transport.amqp_errors import CHANNEL_GONE, kanin_error
 from framework.transport.base import Counts, Delivery, OnDelivery
 
 log = logging.getLogger("kanin.transport")
+
+HOLD = 0.05  # seconds a finished delivery's ack may wait behind one still running
 
 
 class AmqpConsumerChannel:
@@ -44,6 +50,7 @@ class AmqpConsumerChannel:
         self._pending: dict[int, None] = {}  # unsettled delivery tags, in delivery order
         self._done: set[int] = set()
         self._flush_scheduled = False
+        self._hold: asyncio.TimerHandle | None = None  # sends the held acks when it fires
         self._sending: set[asyncio.Task[None]] = set()
         # Ack frames go out in the order they were decided: a later `multiple` ack must
         # not overtake an earlier single ack, or it would settle that tag first.
@@ -124,7 +131,7 @@ class AmqpConsumerChannel:
         finally:
             self._pending.pop(tag, None)
 
-    def _flush(self) -> None:
+    def _flush(self, force: bool = False) -> None:
         self._flush_scheduled = False
         multiple, covered = 0, 0
         for tag in self._pending:  # the longest run of finished deliveries from the oldest
@@ -134,14 +141,25 @@ class AmqpConsumerChannel:
         for tag in list(self._pending)[:covered]:
             del self._pending[tag]
             self._done.discard(tag)
-        singles = sorted(self._done)  # finished, but behind one still running
-        for tag in singles:
-            self._pending.pop(tag, None)
-        self._done.clear()
+        singles: list[int] = []  # finished, but behind one still running
+        if self._done and (force or len(self._done) * 2 >= self.prefetch):
+            singles = sorted(self._done)
+            for tag in singles:
+                self._pending.pop(tag, None)
+            self._done.clear()
+        if not self._done and self._hold is not None:
+            self._hold.cancel()
+            self._hold = None
+        elif self._done and self._hold is None:
+            self._hold = asyncio.get_running_loop().call_later(HOLD, self._release)
         if covered or singles:
             task = asyncio.ensure_future(self._send_acks(multiple, covered, singles))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
+
+    def _release(self) -> None:
+        self._hold = None
+        self._flush(force=True)
 
     async def _send_acks(self, multiple: int, covered: int, singles: list[int]) -> None:
         try:
@@ -169,9 +187,9 @@ class AmqpConsumerChannel:
             self.counts.acked += acks
 
     async def drain(self) -> None:
-        """Send every ack that is due, and wait until they are written."""
-        if self._flush_scheduled:
-            self._flush()
+        """Send every ack that is due (held ones too), and wait until they are written."""
+        if self._flush_scheduled or self._done:
+            self._flush(force=True)
         if self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
 

@@ -1,17 +1,32 @@
-"""Drain against every peer: raw aio-pika, kanin, FastStream, Dramatiq and Celery.
+"""kanin against every peer, on the axes teams choose by, in one run on the local broker.
 
-A backlog of N persistent order messages (~230 bytes of JSON) is published by each
-contender's own API (their formats differ), then drained by a handler that reads the
-parsed payload and does nothing else. Measured from the first message handled to the
-last, with the client process's CPU time per message. Prefetch and concurrency:
-  - raw aio-pika, kanin, FastStream: prefetch 100 (kanin and FastStream: concurrency 100);
-  - Dramatiq: its RabbitMQ broker, one worker with 8 threads (its default), prefetch 16;
-  - Celery: its AMQP transport, a worker with the threads pool, concurrency 8, prefetch
-    multiplier 4 (its default), acks after the task (acks_late).
-Rounds are interleaved; medians. The other scenarios of the peer comparison (latency,
-failure mix, memory, scale-out) are still to come.
+Contenders: raw aio-pika, kanin, FastStream, Dramatiq (its RabbitMQ broker) and Celery (its
+AMQP transport), each publishing with its own API and handling with a handler that reads
+the parsed payload. Prefetch 100 for raw aio-pika, kanin and FastStream (concurrency 100);
+Dramatiq: one worker of 8 threads (its default); Celery: the threads pool, concurrency 8,
+prefetch multiplier 4, acks_late. Rounds are interleaved; medians with [min..max].
 
-    python tests/bench/peers.py   # KANIN_BENCH_MESSAGES=20000 KANIN_BENCH_ROUNDS=3
+  drain     a backlog of N, drained in this process: messages/s, client CPU per message;
+  latency   a publisher at a fixed rate for 30 s against a worker process: publish to
+            handler start, p50/p95/p99/max; at half raw aio-pika's drain rate in this run
+            (publisher, worker and broker then share the two cores: a heavy load), and at
+            a tenth of it (a light one);
+  failures  a backlog of N drained by a worker process, first with no failures, then with
+            every 10th message failing once (each contender's own retry, 1 s where it has
+            a delay): healthy messages/s against the clean run, lost, handled twice;
+  memory    a worker process's RSS idle with one consumer, and its peak (VmHWM) while
+            draining a backlog of 100,000;
+  scale     kanin run --processes 1 and 2 (raw aio-pika beside), draining N: messages/s,
+            client CPU per message, and the RabbitMQ node's share of the machine's CPU;
+            kanin without deduplication, and with its keys in Redis (shared by its
+            processes; it refuses --processes 2 with its per-process store).
+
+    python tests/bench/peers.py [drain] [latency] [failures] [memory] [scale]
+
+Environment: KANIN_BENCH_MESSAGES (20000), KANIN_BENCH_ROUNDS (3),
+KANIN_BENCH_LATENCY_SECONDS (30), KANIN_BENCH_LATENCY_SHARES (0.5,0.1: the publishing
+rates as shares of raw aio-pika's drain rate), KANIN_BENCH_MEMORY_MESSAGES (100000),
+KANIN_BENCH_RESULTS (the folder for JSON and PNG, default tests/bench/results).
 """
 
 from __future__ import annotations
@@ -20,10 +35,6 @@ import asyncio
 import os
 import statistics
 import sys
-import threading
-import time
-import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aio_pika
@@ -32,183 +43,166 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import consume as base
+import peer_scenarios as scenarios
+from peer_drain import drain, timed
+from peer_report import report
 
-N, URL = base.N, base.URL
-ROUNDS = base.ROUNDS
-THREADS = 8
-
-
-class Tally:
-    """Handled messages counted from worker threads: when the first and the N-th came."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.first = self.last = 0.0
-        self.lock = threading.Lock()
-        self.finished = threading.Event()
-
-    def tick(self) -> None:
-        with self.lock:
-            if not self.count:
-                self.first = time.perf_counter()
-            self.count += 1
-            if self.count == N:
-                self.last = time.perf_counter()
-                self.finished.set()
-
-    def rate(self) -> float:
-        assert self.count == N, self.count
-        return N / (self.last - self.first)
+N, ROUNDS = base.N, base.ROUNDS
+SHARES = [float(s) for s in os.environ.get("KANIN_BENCH_LATENCY_SHARES", "0.5,0.1").split(",")]
+SECONDS = float(os.environ.get("KANIN_BENCH_LATENCY_SECONDS", "30"))
+BACKLOG = int(os.environ.get("KANIN_BENCH_MEMORY_MESSAGES", "100000"))
+SCENARIOS = ("drain", "latency", "failures", "memory", "scale")
+SETTINGS = {"rounds": ROUNDS, "prefetch": base.PREFETCH, "threads": 8}
+Results = dict[str, list[dict[str, float]]]
 
 
-def dramatiq_drain() -> tuple[float, float]:
-    """Publish N with ``actor.send``, then drain them with one Dramatiq worker."""
-    import dramatiq
-    from dramatiq.brokers.rabbitmq import RabbitmqBroker
-
-    queue = f"kanin-bench-dramatiq-{uuid.uuid4().hex[:8]}"
-    broker = RabbitmqBroker(url=URL)
-    dramatiq.set_broker(broker)
-    tally = Tally()
-
-    def handle(order: dict[str, object]) -> None:
-        assert order["order_id"]
-        tally.tick()
-
-    actor = dramatiq.actor(handle, queue_name=queue, max_retries=0, actor_name=queue)
-    try:
-        for i in range(N):
-            actor.send(base.payload(i))
-        worker = dramatiq.Worker(broker, worker_threads=THREADS)
-        before = time.process_time()
-        worker.start()
-        broker.join(queue, timeout=600_000)
-        worker.join()
-        used = time.process_time() - before
-        worker.stop()
-        return tally.rate(), used / N * 1e6
-    finally:
-        for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
-            broker.channel.queue_delete(name)
-        broker.close()
-
-
-def celery_drain() -> tuple[float, float]:
-    """Publish N with ``task.delay``, then drain them with a Celery worker in this process."""
-    from celery import Celery
-
-    queue = f"kanin-bench-celery-{uuid.uuid4().hex[:8]}"
-    app = Celery("bench", broker=URL)
-    app.conf.update(
-        task_default_queue=queue, task_acks_late=True, worker_prefetch_multiplier=4,
-        broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
-        worker_redirect_stdouts=False, worker_enable_remote_control=False,
-    )  # fmt: skip
-    tally = Tally()
-
-    @app.task(name="bench.handle", ignore_result=True)
-    def handle(order: dict[str, object]) -> None:
-        assert order["order_id"]
-        tally.tick()
-
-    with app.producer_or_acquire() as producer:
-        for i in range(N):
-            handle.apply_async((base.payload(i),), producer=producer)
-    worker = app.Worker(pool="threads", concurrency=THREADS, loglevel="WARNING",
-                        without_heartbeat=True, without_gossip=True, without_mingle=True,
-                        quiet=True)  # fmt: skip
-    thread = threading.Thread(target=worker.start, daemon=True)
-    before = time.process_time()
-    thread.start()
-    try:
-        assert tally.finished.wait(600), tally.count
-        used = time.process_time() - before
-        return tally.rate(), used / N * 1e6
-    finally:
-        worker.stop(in_sighandler=False)
-        thread.join(30)
-        with app.connection_for_write() as connection:
-            connection.default_channel.queue_delete(queue)
-            connection.default_channel.exchange_delete(queue)
-
-
-async def timed(run: Callable[[], Awaitable[float]]) -> tuple[float, float]:
-    before = time.process_time()
-    rate = await run()
-    return rate, (time.process_time() - before) / N * 1e6
-
-
-async def main() -> None:
-    connection = await aio_pika.connect(URL)
-    rates: dict[str, list[float]] = {}
-    cpu: dict[str, list[float]] = {}
+async def raw_drain_rate() -> float:
+    """Raw aio-pika's drain rate, when the drain scenario is not part of this run."""
+    connection = await aio_pika.connect(base.URL)
     async with connection:
         channel = await connection.channel()
         await channel.declare_queue(base.QUEUE, durable=True)
-        contenders: dict[str, tuple[Callable[[], Awaitable[tuple[float, float]]], bool]] = {
-            "raw aio-pika": (lambda: timed(base.raw_consume), True),
-            "kanin": (lambda: timed(base.kanin_consume), True),
-            "FastStream": (lambda: timed(base.faststream_consume), True),
-            "Dramatiq": (lambda: asyncio.to_thread(dramatiq_drain), False),
-            "Celery": (lambda: asyncio.to_thread(celery_drain), False),
-        }
         try:
-            for _ in range(ROUNDS):
-                for name, (run, backlog) in contenders.items():
-                    if backlog:
-                        await base.fill(channel)
-                    rate, used = await run()
-                    rates.setdefault(name, []).append(rate)
-                    cpu.setdefault(name, []).append(used)
+            await base.fill(channel)
+            rate, _ = await timed(base.raw_consume)
         finally:
             await channel.queue_delete(base.QUEUE)
-    raw = statistics.median(rates["raw aio-pika"])
-    record(rates, cpu)
-    print(f"\ndrain  ({N} messages, {ROUNDS} interleaved rounds, median)")
-    for name, values in rates.items():
-        median = statistics.median(values)
-        runs = ", ".join(f"{r:,.0f}" for r in values)
-        print(f"  {name:<14} {median:>8,.0f} msg/s  {median / raw:5.2f}x raw aio-pika  "
-              f"{statistics.median(cpu[name]):7.1f} us CPU/msg  [{runs}]")  # fmt: skip
+    return rate
 
 
-def record(rates: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
-    """This run as JSON, and a chart of it as PNG, under tests/bench/results/."""
-    import json
-    import platform
-    from datetime import UTC, datetime
-    from importlib.metadata import version
+async def run_drain() -> float:
+    rates, cpu = await drain()
+    results: Results = {
+        name: [
+            {"msg_per_s": r, "cpu_us_per_msg": c}
+            for r, c in zip(rates[name], cpu[name], strict=True)
+        ]
+        for name in rates
+    }
+    columns = [("msg_per_s", "msg/s", ",.0f"), ("cpu_us_per_msg", "CPU µs/msg", ".0f")]
+    report(
+        "drain",
+        f"drain {N:,} messages",
+        results,
+        columns,
+        {**SETTINGS, "messages": N},
+        ["msg_per_s"],
+        "messages/s (median)",
+        ratio="msg_per_s",
+    )
+    return statistics.median(rates["raw aio-pika"])
 
-    folder = Path(__file__).resolve().parent / "results"
-    folder.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    versions = {name: version(name) for name in
-                ("aio-pika", "faststream", "dramatiq", "celery", "kombu", "kanin")}  # fmt: skip
-    document = {
-        "scenario": "drain", "messages": N, "rounds": ROUNDS, "at": stamp,
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
-        "versions": versions,
-        "settings": {"prefetch": base.PREFETCH, "threads": THREADS},
-        "results": {name: {"msg_per_s": rates[name], "cpu_us_per_msg": cpu[name]}
-                    for name in rates},
-    }  # fmt: skip
-    (folder / f"drain-{stamp}.json").write_text(json.dumps(document, indent=2) + "\n")
-    try:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # the bench extra brings it; without it, the JSON alone
-        return
-    names = list(rates)
-    figure, axis = plt.subplots(figsize=(7, 3.5))
-    axis.bar(names, [statistics.median(rates[n]) for n in names], color="#4c72b0")
-    axis.set_ylabel("messages/s (median)")
-    axis.set_title(f"drain {N:,} messages, {ROUNDS} rounds")
-    figure.tight_layout()
-    figure.savefig(folder / f"drain-{stamp}.png", dpi=120)
-    plt.close(figure)
+async def each(
+    scenario: str, measure: object, contenders: dict[str, tuple[object, ...]]
+) -> Results:
+    """``measure(connection, *args)`` for every contender, round after round."""
+    results: Results = {name: [] for name in contenders}
+    connection = await aio_pika.connect(base.URL)
+    async with connection:
+        for round_ in range(ROUNDS):
+            for name, args in contenders.items():
+                print(f"  {scenario}: round {round_ + 1}/{ROUNDS}, {name}", flush=True)
+                results[name].append(await measure(connection, *args))  # type: ignore[operator]
+    return results
+
+
+LATENCY = [
+    ("p50", "p50", ".1f"),
+    ("p95", "p95", ".1f"),
+    ("p99", "p99", ".1f"),
+    ("max", "max", ".0f"),
+    ("rate", "sent/s", ",.0f"),
+]
+FAILURES = [
+    ("clean", "clean msg/s", ",.0f"),
+    ("healthy", "healthy msg/s", ",.0f"),
+    ("ratio", "healthy/clean", ".2f"),
+    ("lost", "lost", ".0f"),
+    ("twice", "twice", ".0f"),
+    ("broker_cores_clean", "broker cores clean", ".2f"),
+    ("broker_cores_mixed", "mixed", ".2f"),
+]
+MEMORY = [
+    ("idle_mb", "idle", ".1f"),
+    ("peak_mb", "peak", ".1f"),
+    ("growth_mb", "peak - idle", ".1f"),
+]
+SCALE = [
+    ("rate", "msg/s", ",.0f"),
+    ("client_cpu_us", "client CPU µs/msg", ".0f"),
+    ("broker_cpu_share", "broker CPU share", ".2f"),
+]
+
+
+async def main(chosen: list[str]) -> None:
+    everyone = scenarios.NAMES
+    raw_rate = await run_drain() if "drain" in chosen else 0.0
+    if "latency" in chosen:
+        raw_rate = raw_rate or await raw_drain_rate()
+        for share in SHARES:
+            rate = share * raw_rate
+            results = await each(
+                "latency", scenarios.latency, {n: (n, rate, SECONDS) for n in everyone}
+            )
+            report(
+                f"latency-{share * 100:.0f}pct",
+                f"publish to handler start, ms, at {rate:,.0f} msg/s for {SECONDS:.0f} s "
+                f"({share:.0%} of raw aio-pika's drain rate)",
+                results,
+                LATENCY,
+                {**SETTINGS, "rate": rate, "share_of_raw_drain": share, "seconds": SECONDS},
+                ["p50", "p95", "p99"],
+                "ms",
+                ratio="p99",
+            )
+    if "failures" in chosen:
+        results = await each("failures", scenarios.failure_mix, {n: (n, N) for n in everyone})
+        report(
+            "failures",
+            f"failure mix: {N:,} messages, every 10th failing once",
+            results,
+            FAILURES,
+            {**SETTINGS, "messages": N, "fail_every": 10},
+            ["clean", "healthy"],
+            "messages/s (median)",
+        )
+    if "memory" in chosen:
+        results = await each("memory", scenarios.memory, {n: (n, BACKLOG) for n in everyone})
+        report(
+            "memory",
+            f"worker RSS in MB: idle, and peak while draining {BACKLOG:,}",
+            results,
+            MEMORY,
+            {**SETTINGS, "backlog": BACKLOG},
+            ["idle_mb", "peak_mb"],
+            "MB",
+            ratio="idle_mb",
+        )
+    if "scale" in chosen:
+        contenders: dict[str, tuple[object, ...]] = {
+            "raw aio-pika": ("raw aio-pika", 1, N),
+            "kanin, 1 process": ("kanin", 1, N, "off"),
+            "kanin, 2 processes": ("kanin", 2, N, "off"),
+            "kanin, 1, Redis keys": ("kanin", 1, N, "redis"),
+            "kanin, 2, Redis keys": ("kanin", 2, N, "redis"),
+        }
+        results = await each("scale", scenarios.scale, contenders)
+        report(
+            "scale",
+            f"drain {N:,}: kanin run --processes 1 and 2",
+            results,
+            SCALE,
+            {**SETTINGS, "messages": N, "cpus": os.cpu_count()},
+            ["rate"],
+            "messages/s (median)",
+            ratio="rate",
+        )
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    picked = sys.argv[1:] or list(SCENARIOS)
+    unknown = sorted(set(picked) - set(SCENARIOS))
+    if unknown:
+        sys.exit(f"unknown scenario {', '.join(unknown)}: pick from {', '.join(SCENARIOS)}")
+    asyncio.run(main(picked))

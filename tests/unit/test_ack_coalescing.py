@@ -12,6 +12,7 @@ import random
 
 import pytest
 
+from framework.transport.consuming import HOLD
 from framework.transport.consuming import AmqpConsumerChannel as ConsumerChannel
 
 
@@ -65,7 +66,19 @@ async def test_random_completion_order_settles_every_tag_once(seed: int) -> None
 
 
 async def test_finished_runs_share_one_multiple_ack() -> None:
-    broker = BrokerModel(100)
+    channel, _, frames = recording(100, prefetch=100)
+    for tag in range(1, 101):
+        channel.ack(tag)
+    await channel.drain()
+    assert frames == [(100, True)]
+    assert channel.acked == 100
+
+
+def recording(
+    tags: int, prefetch: int
+) -> tuple[ConsumerChannel, BrokerModel, list[tuple[int, bool]]]:
+    """A channel with ``tags`` deliveries outstanding, and the ack frames it sends."""
+    broker = BrokerModel(tags)
     frames: list[tuple[int, bool]] = []
     real_ack = broker.basic_ack
 
@@ -74,11 +87,45 @@ async def test_finished_runs_share_one_multiple_ack() -> None:
         await real_ack(tag, multiple)
 
     broker.basic_ack = recording_ack  # type: ignore[method-assign]
-    channel = ConsumerChannel(broker, "q", prefetch=100)  # type: ignore[arg-type]
-    for tag in range(1, 101):
+    channel = ConsumerChannel(broker, "q", prefetch=prefetch)  # type: ignore[arg-type]
+    for tag in range(1, tags + 1):
         channel._pending[tag] = None
-    for tag in range(1, 101):
+    return channel, broker, frames
+
+
+async def test_acks_behind_a_running_delivery_wait_for_it_and_go_out_as_one() -> None:
+    channel, broker, frames = recording(10, prefetch=100)
+    for tag in range(2, 11):
         channel.ack(tag)
+    await asyncio.sleep(0.01)
+    assert frames == []  # held: tag 1 is still running
+    channel.ack(1)
     await channel.drain()
-    assert frames == [(100, True)]
-    assert channel.acked == 100
+    assert frames == [(10, True)]
+    assert broker.outstanding == set()
+
+
+async def test_acks_held_longer_than_the_hold_go_out_one_by_one() -> None:
+    channel, broker, frames = recording(10, prefetch=100)
+    for tag in range(2, 11):
+        channel.ack(tag)
+    await asyncio.sleep(HOLD * 3)
+    assert frames == [(tag, False) for tag in range(2, 11)]
+    assert broker.outstanding == {1}  # the slow one is still running, nothing waits on it
+
+
+async def test_no_more_than_half_the_prefetch_is_held() -> None:
+    channel, broker, frames = recording(10, prefetch=10)
+    for tag in range(2, 7):  # 5 finished behind tag 1: half of the prefetch
+        channel.ack(tag)
+    await asyncio.sleep(0.01)
+    assert frames == [(tag, False) for tag in range(2, 7)]
+    assert broker.outstanding == {1, 7, 8, 9, 10}
+
+
+async def test_drain_sends_the_held_acks() -> None:
+    channel, broker, frames = recording(3, prefetch=100)
+    channel.ack(3)
+    await channel.drain()
+    assert frames == [(3, False)]
+    assert broker.outstanding == {1, 2}

@@ -14,8 +14,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from framework import Consumer, Context, Event, RetryPolicy
 from framework.errors import ConfigError
+from framework.histogram import Histogram
 from framework.logs import TEXT_FORMAT, JsonFormatter, TraceIds
-from framework.metrics import Histogram
 from framework.testing import TestKit
 from framework.tracing import _GETTER, Tracing, provider_from_env
 
