@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install services specs test matrix offline lint bench demo clean
+.PHONY: install services specs test matrix offline lint bench fuzz demo clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
@@ -45,6 +45,12 @@ lint: install
 	$(BIN)/ruff check framework workers tests
 	$(BIN)/ruff format --check framework workers tests
 	$(BIN)/mypy
+
+# The property-based tests with fresh random data and many more examples than make test's
+# fixed ones (KANIN_FUZZ_EXAMPLES, default 2000 here).
+fuzz: install
+	KANIN_FUZZ_RANDOM=1 KANIN_FUZZ_EXAMPLES=$${KANIN_FUZZ_EXAMPLES:-2000} \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_fuzz.py
 
 # The benchmarks (their helpers, tests/bench/peer_*.py and importmem.py, are not run alone).
 BENCHES = consume dlq_replay stream_replay outbox peers

@@ -42,6 +42,7 @@ class Consumer:
     concurrency: ClassVar[int | None] = None  # default: KANIN_CONCURRENCY
     retry: ClassVar[RetryPolicy | None] = None  # default: the queue's retry: block
     timeout: ClassVar[float | None] = None  # seconds per handler call
+    max_body_bytes: ClassVar[int | None] = None  # default: KANIN_MAX_BODY_BYTES (16 MiB)
     idempotency: ClassVar[str | None] = None  # store URL; default KANIN_IDEMPOTENCY_URL
     idempotency_retention: ClassVar[float | None] = None  # default KANIN_IDEMPOTENCY_RETENTION
     publishes: ClassVar[tuple[type[Event], ...]] = ()  # for contracts: the events it publishes

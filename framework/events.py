@@ -119,6 +119,8 @@ class Event(BaseModel):
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise DecodeError(f"body is not JSON: {exc}") from None
+        except RecursionError:  # nested deeper than the interpreter's stack allows
+            raise DecodeError("body is not JSON: nested too deep", "JsonTooDeep") from None
         if not isinstance(data, dict):
             raise DecodeError("body is not a JSON object", "ValidationError")
         for step in range(version, cls.event_version):

@@ -22,11 +22,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kanin.probes")
 
+REQUEST_TIMEOUT = 5.0  # seconds a client may take to send its request (then: closed)
+PATHS = ("/metrics", "/healthz", "/readyz")
+
 
 class ProbeServer:
     """Serves ``worker``'s probes and metrics on ``host:port`` while it runs."""
 
     def __init__(self, worker: Worker, port: int, host: str = "0.0.0.0") -> None:
+        """``host``: the address to listen on (KANIN_HTTP_HOST): every interface by
+        default, as containers need; 127.0.0.1 keeps the endpoints on this machine."""
         self.worker = worker
         self.host = host
         self.port = port
@@ -38,16 +43,33 @@ class ProbeServer:
         probes = self
 
         class Handler(BaseHTTPRequestHandler):
+            # A request line of at most 64 KiB and 100 header lines (http.server's own
+            # bounds), sent within REQUEST_TIMEOUT; no body is ever read.
+            timeout = REQUEST_TIMEOUT
+
             def do_GET(self) -> None:
                 status, kind, body = probes.respond(self.path)
+                self.send(status, kind, body)
+
+            do_HEAD = do_GET
+
+            def refuse(self) -> None:
+                """Every other method: 405, the connection closed without reading a body."""
+                self.close_connection = True
+                self.send(405, "text/plain", b"only GET and HEAD\n", {"Allow": "GET, HEAD"})
+
+            do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = refuse
+
+            def send(self, status: int, kind: str, body: bytes,
+                     extra: dict[str, str] | None = None) -> None:  # fmt: skip
                 self.send_response(status)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
+                for name, value in (extra or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(body)
-
-            do_HEAD = do_GET
 
             def log_message(self, format: str, *args: object) -> None:
                 pass  # a probe every few seconds is not worth a log line
@@ -78,7 +100,7 @@ class ProbeServer:
             if problems:
                 return 503, "text/plain", ("\n".join(problems) + "\n").encode()
             return 200, "text/plain", b"ready\n"
-        return 404, "text/plain", b"not found: try /metrics, /healthz or /readyz\n"
+        return 404, "text/plain", f"not found: try {', '.join(PATHS)}\n".encode()
 
     def health(self) -> tuple[int, str, bytes]:
         watch = self.worker.loop_watch

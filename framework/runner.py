@@ -20,6 +20,7 @@ from framework.events import DecodeError, Event
 from framework.headers import integer, text
 from framework.histogram import Histogram
 from framework.idempotency import IdempotencyStore, Session, Status, StoreUnavailable, scoped_key
+from framework.limits import Limits
 from framework.logs import FLOW
 from framework.publisher import Publisher
 from framework.recovery import Verdict, classify, dead_letter_message, retry_message
@@ -85,6 +86,12 @@ class Runner:
         self.store = store
         self.lease = settings.idempotency_lease
         self.retention = cls.idempotency_retention or settings.idempotency_retention
+        self.limits = Limits(
+            cls.max_body_bytes or settings.max_body_bytes,
+            settings.max_json_depth,
+            settings.max_headers,
+            settings.max_header_bytes,
+        )
         self.publisher = publisher
         self.stats = Stats()
         self.durations = Histogram()
@@ -197,6 +204,7 @@ class Runner:
             self.log.warning("could not release key %s (%s): its lease will expire", key, exc)
 
     def decode(self, delivery: Delivery) -> Event:
+        self.limits.check(delivery.body, delivery.headers)
         event_type = delivery.properties.message_type
         cls = self.events.get(event_type) if event_type else self.only
         if cls is None:

@@ -82,6 +82,21 @@ class Settings(BaseSettings):
     idempotency_retention: float = Field(
         86400.0, gt=0, description="seconds a handled key is remembered"
     )
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1,
+        description="largest body a consumer decodes; a larger one goes to the DLQ undecoded "
+        "(BodyTooLarge)",
+    )  # fmt: skip
+    max_json_depth: int = Field(
+        64, ge=1, description="deepest JSON nesting a consumer decodes (else JsonTooDeep)"
+    )
+    max_headers: int = Field(
+        128, ge=1, description="most headers a consumed message may carry (else TooManyHeaders)"
+    )
+    max_header_bytes: int = Field(
+        65536, ge=1,
+        description="largest header table a consumed message may carry (else HeadersTooLarge)",
+    )  # fmt: skip
     shutdown_grace: float = Field(
         30.0, ge=0, description="seconds in-flight handlers get to finish on SIGTERM"
     )
@@ -93,6 +108,11 @@ class Settings(BaseSettings):
     )
     http_port: int | None = Field(
         None, ge=0, le=65535, description="port of /metrics, /healthz and /readyz; unset: none"
+    )
+    http_host: str = Field(
+        "0.0.0.0",
+        description="address the probe server listens on: every interface (containers); "
+        "127.0.0.1 keeps it on this host",
     )
     log_format: Literal["text", "json"] = Field(
         "text", description="worker log lines: text or json"

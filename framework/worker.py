@@ -151,7 +151,7 @@ class Worker:
         if settings.http_port is not None:  # prometheus_client only where /metrics is served
             from framework.probes import ProbeServer
 
-            self.probes = ProbeServer(self, settings.http_port)
+            self.probes = ProbeServer(self, settings.http_port, settings.http_host)
 
     def _store(self, url: str) -> IdempotencyStore | None:
         if url not in self.stores:

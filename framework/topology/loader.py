@@ -156,11 +156,28 @@ def load_topology(path: str | Path, env: Mapping[str, str] | None = None) -> Top
     return parse_topology(text, file, os.environ if env is None else env)
 
 
+def _unreadable(text: str, file: str, exc: yaml.reader.ReaderError) -> TopologyError:
+    """A character YAML does not allow (a control character, say), with its line."""
+    line = text.count("\n", 0, exc.position) + 1
+    column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+    reason = (
+        f"character U+{exc.character:04X} is not allowed in YAML"
+        if isinstance(exc.character, int)
+        else f"not YAML text: {exc.reason}"
+    )
+    return TopologyError([Problem(file, line, column, "", reason)])
+
+
 def parse_topology(text: str, file: str, env: Mapping[str, str]) -> Topology:
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        raise _unreadable(text, file, exc) from None
     try:
         try:
             node = loader.get_single_node()
+        except yaml.reader.ReaderError as exc:
+            raise _unreadable(text, file, exc) from None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             reason = f"YAML syntax error: {exc.problem or exc.context}"

@@ -283,11 +283,15 @@ class MemoryBroker:
             return
         key = queue.arguments.get("x-dead-letter-routing-key", message.routing_key)
         headers = message.headers
-        deaths: list[dict[str, Any]] = list(headers.get("x-death") or [])
-        entry = next((d for d in deaths if (d["queue"], d["reason"]) == (queue.name, reason)), None)
+        found = headers.get("x-death")  # a sender's own x-death that is no list of tables
+        deaths = [dict(d) for d in found if isinstance(d, dict)] if isinstance(found, list) else []
+        entry = next(
+            (d for d in deaths if (d.get("queue"), d.get("reason")) == (queue.name, reason)), None
+        )
         if entry is not None:  # one entry per queue and reason: counted, moved to the front
             deaths.remove(entry)
-            entry = {**entry, "count": entry["count"] + 1}
+            count = entry.get("count")
+            entry = {**entry, "count": (count if type(count) is int else 0) + 1}
         else:
             entry = {
                 "count": 1, "reason": reason, "queue": queue.name,
@@ -484,8 +488,8 @@ def _is_cycle(deaths: list[dict[str, Any]], target: str) -> bool:
     """RabbitMQ's rule: a dead letter is not delivered to a queue it already died in
     (``deaths`` newest first) unless a consumer rejected it somewhere since then."""
     for death in deaths:
-        if death["reason"] == "rejected":
+        if death.get("reason") == "rejected":
             return False
-        if death["queue"] == target:
+        if death.get("queue") == target:
             return True
     return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 import time
 import urllib.error
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from framework import Consumer, Context, Publisher, RetryPolicy, Worker
+from framework import Consumer, Context, Publisher, RetryPolicy, Worker, probes
 from framework.topology import QueueSpec, Topology
 from tests.conftest import BrokerAdmin
 from tests.integration.apps.slow import Job
@@ -287,3 +288,39 @@ async def test_a_handler_that_blocks_the_loop_is_named_and_healthz_still_answers
     (after,) = [w for w in warnings if w.startswith("the event loop was blocked for ")]
     assert 2.5 <= float(after.split()[6].removesuffix("s")) < 4 and where in after, after
     assert metrics[("kanin_event_loop_lag_seconds", ())] < 0.5  # back to normal
+
+
+def raw_request(port: int, data: bytes, wait: float = 5.0) -> tuple[bytes, float]:
+    """Send ``data`` on a fresh connection; everything the server answers before it closes
+    the connection, and how long that took."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        if data:
+            sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer, time.monotonic() - started
+
+
+async def test_probes_answer_get_only_on_the_host_asked_and_drop_slow_clients(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(probes, "REQUEST_TIMEOUT", 0.5)
+    Idle = idle(f"{prefix}.idle")
+    worker = Worker(
+        [Idle],
+        settings(http_port=0, http_host="127.0.0.1"),
+        topology=Topology(queues=[QueueSpec(name=Idle.queue)]),
+    )
+    async with serving(worker) as port:
+        assert worker.probes is not None and worker.probes.host == "127.0.0.1"
+        assert (await fetch(port, "/readyz"))[0] == 200
+        body = b'{"x": 1}' * 1000
+        post = f"POST /readyz HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        answer, _ = await asyncio.to_thread(raw_request, port, post.encode() + body)
+        assert answer.startswith(b"HTTP/1.0 405") and b"Allow: GET, HEAD" in answer
+        answer, took = await asyncio.to_thread(raw_request, port, b"GET /readyz HTTP/1.1\r\n")
+        assert answer == b"" and took < 3  # half a request: closed after the timeout
+        answer, _ = await asyncio.to_thread(raw_request, port, b"GET /" + b"a" * 70_000 + b"\r\n")
+        assert answer.startswith(b"HTTP/1.0 414")
