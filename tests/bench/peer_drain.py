@@ -100,7 +100,7 @@ def celery_drain() -> tuple[float, float]:
     )  # fmt: skip
     tally = Tally()
 
-    @app.task(name="bench.handle", ignore_result=True)
+    @app.task(name=f"bench.handle.{queue}", ignore_result=True)
     def handle(order: dict[str, object]) -> None:
         assert order["order_id"]
         tally.tick()
