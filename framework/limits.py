@@ -74,7 +74,12 @@ class Limits:
                     f"{len(headers)} headers, over the limit of {self.headers} (max_headers)",
                     "TooManyHeaders",
                 )
-            size = header_bytes(headers)
+            try:
+                size = header_bytes(headers)
+            except RecursionError:  # tables nested deeper than the interpreter's stack
+                raise DecodeError(
+                    "headers nested too deep to measure (max_header_bytes)", "HeadersTooLarge"
+                ) from None
             if size > self.header_bytes:
                 raise DecodeError(
                     f"headers of about {size} bytes, over the limit of {self.header_bytes} "
