@@ -45,6 +45,12 @@ TopologyOpt = Annotated[
         show_default=False,
     ),
 ]
+TitleOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--title", metavar="TEXT", help="Default: $KANIN_SERVICE_NAME.", show_default=False
+    ),
+]
 BrokerOpt = Annotated[
     str | None,
     typer.Option(

@@ -9,11 +9,9 @@ from typing import Annotated
 
 import typer
 
-from framework.cli.app import TopologyOpt, app, load_settings, reported
-from framework.cli.guards import topology_for
-from framework.loading import load_consumers
+from framework.cli.app import TitleOpt, TopologyOpt, app, reported
+from framework.cli.guards import describe
 from framework.settings import strip_password
-from framework.topology import Topology
 
 
 class Format(StrEnum):
@@ -38,12 +36,7 @@ def asyncapi_command(
         Format,
         typer.Option("--format", case_sensitive=False, metavar="FORMAT", help="yaml or json."),
     ] = Format.yaml,
-    title: Annotated[
-        str | None,
-        typer.Option(
-            "--title", metavar="TEXT", help="Default: $KANIN_SERVICE_NAME.", show_default=False
-        ),
-    ] = None,
+    title: TitleOpt = None,
 ) -> None:
     """The AsyncAPI 3.0 document of the service made of TARGET (modules or module:Class,
     as for kanin run) and its topology: servers, channels with AMQP bindings (exchanges,
@@ -51,13 +44,10 @@ def asyncapi_command(
     payload schema and headers."""
     import yaml
 
-    from framework.contracts import asyncapi, snapshot
+    from framework.contracts import asyncapi
 
     with reported():
-        settings = load_settings(topology=topology)
-        consumers = load_consumers(targets)
-        contracts = snapshot.collect(targets, consumers)
-        model = topology_for(settings, consumers, topology) or Topology()
+        settings, consumers, contracts, model = describe(targets, topology)
         classes = {n: c.source for n, c in contracts.items() if c.source is not None}
         document = asyncapi.document(
             title=title or settings.service_name, consumers=consumers, classes=classes,

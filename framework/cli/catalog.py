@@ -9,10 +9,9 @@ from typing import Annotated
 
 import typer
 
-from framework.cli.app import TopologyOpt, app, load_settings, reported
-from framework.cli.guards import topology_for
+from framework.cli.app import TitleOpt, TopologyOpt, app, reported
+from framework.cli.guards import describe
 from framework.errors import ConfigError
-from framework.loading import load_consumers
 from framework.topology import Topology
 
 
@@ -41,24 +40,16 @@ def docs_command(
         typer.Option("--out", metavar="DIR", help="Folder of the page (index.html)."),
     ] = Path("site"),
     topology: TopologyOpt = None,
-    title: Annotated[
-        str | None,
-        typer.Option(
-            "--title", metavar="TEXT", help="Default: $KANIN_SERVICE_NAME.", show_default=False
-        ),
-    ] = None,
+    title: TitleOpt = None,
 ) -> None:
     """Write the event catalog of the service of TARGET (modules or module:Class, as for
     kanin run) to DIR/index.html: each event's fields, an example body, who publishes
     and who consumes it and on which queues; the topology drawn; each queue's retry and
     dead-letter policy. One page, no network needed to view it."""
-    from framework.contracts import catalog, snapshot
+    from framework.contracts import catalog
 
     with reported():
-        settings = load_settings(topology=topology)
-        consumers = load_consumers(targets)
-        contracts = snapshot.collect(targets, consumers)
-        model = topology_for(settings, consumers, topology) or Topology()
+        settings, consumers, contracts, model = describe(targets, topology)
         drawn, is_svg = diagram(model, [(c.__name__, c.queue) for c in consumers])
         text = catalog.page(
             title=title or settings.service_name, contracts=contracts, consumers=consumers,

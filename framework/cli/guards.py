@@ -8,11 +8,17 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from framework.cli.app import load_settings
 from framework.consumer import Consumer
 from framework.errors import ConfigError
+from framework.loading import load_consumers
 from framework.settings import Settings
 from framework.topology import Topology, load_topology
+
+if TYPE_CHECKING:
+    from framework.contracts.snapshot import Contract
 
 log = logging.getLogger("kanin.run")
 
@@ -83,3 +89,17 @@ def check_idempotency(settings: Settings, consumers: list[type[Consumer]], proce
                 "worker processes or hosts, set KANIN_IDEMPOTENCY_URL=redis://host:6379/0",
                 url, where,
             )  # fmt: skip
+
+
+def describe(
+    targets: list[str], flag: Path | None
+) -> tuple[Settings, list[type[Consumer]], dict[str, Contract], Topology]:
+    """The service made of ``targets`` (as for kanin run), for kanin asyncapi and kanin
+    docs: its settings, consumer classes, event contracts and topology (empty without a
+    file)."""
+    from framework.contracts import snapshot
+
+    settings = load_settings(topology=flag)
+    consumers = load_consumers(targets)
+    contracts = snapshot.collect(targets, consumers)
+    return settings, consumers, contracts, topology_for(settings, consumers, flag) or Topology()

@@ -30,8 +30,6 @@ from framework.worker import Extension, Worker, queue_specs
 if TYPE_CHECKING:
     from framework.eventlog.projection import Projection
 
-# The feature packages (event log, outbox, inbox) load only for a worker that uses them.
-
 log = logging.getLogger("kanin.run")
 
 

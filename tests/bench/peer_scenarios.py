@@ -7,6 +7,7 @@ deleted after each run.
 from __future__ import annotations
 
 import asyncio
+import functools
 import glob
 import json
 import os
@@ -305,18 +306,26 @@ async def memory(
     return {"idle_mb": idle, "peak_mb": peak, "growth_mb": peak - idle}
 
 
-def broker_cpu(cache: dict[str, str] = {}) -> float:  # noqa: B006 - the pid, found once
-    """CPU seconds of the local RabbitMQ node (its beam.smp process) so far."""
-    if "stat" not in cache:
-        for stat in glob.glob("/proc/[0-9]*/stat"):
-            try:
-                if Path(stat).with_name("comm").read_text().strip() == "beam.smp":
-                    cache["stat"] = stat
-            except OSError:
-                continue
+@functools.cache
+def _broker_stat() -> Path | None:
+    """The ``/proc/<pid>/stat`` of the local RabbitMQ node (its beam.smp process)."""
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            if Path(stat).with_name("comm").read_text().strip() == "beam.smp":
+                return Path(stat)
+        except OSError:
+            continue
+    return None
+
+
+def broker_cpu() -> float:
+    """CPU seconds of the local RabbitMQ node so far (NaN where it cannot be read)."""
+    stat = _broker_stat()
+    if stat is None:
+        return float("nan")
     try:
-        fields = Path(cache["stat"]).read_text().rsplit(")", 1)[1].split()
-    except (KeyError, OSError):
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
