@@ -18,12 +18,15 @@ import itertools
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
 from framework.errors import ConfigError, KaninError
+
+NO_TLS: Mapping[str, Any] = {}  # a rediss:// URL's CA options (framework.tls.redis_options)
 
 
 class StoreUnavailable(KaninError):
@@ -116,25 +119,37 @@ return 0
 """
 
 
-def redis_client(url: str, timeout: float, what: str) -> Any:
+def redis_client(url: str, timeout: float, what: str, tls: Mapping[str, Any] = NO_TLS) -> Any:
     """A ``redis.asyncio`` client of ``url`` answering text; ``what`` needs it, and says so
-    when the package is missing."""
+    when the package is missing. ``tls``: the CA settings of a ``rediss://`` URL
+    (``framework.tls.redis_options``)."""
     try:
         from redis.asyncio import Redis
     except ImportError:  # pragma: no cover - depends on the install
         raise ConfigError(f"{what} needs 'pip install kanin[redis]'") from None
+    options = dict(tls) if url.startswith("rediss://") else {}
     return Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        decode_responses=True,
+        **options,
     )
 
 
 class RedisStore:
     """Keys shared by every worker: ``SET NX PX`` leases, done markers with a TTL."""
 
-    def __init__(self, url: str, prefix: str = "kanin:idem:", timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "kanin:idem:",
+        timeout: float = 2.0,
+        tls: Mapping[str, Any] = NO_TLS,
+    ) -> None:
         self.url = url
         self.prefix = prefix
-        self.client = redis_client(url, timeout, "the Redis idempotency store")
+        self.client = redis_client(url, timeout, "the Redis idempotency store", tls)
         self._claim = self.client.register_script(_CLAIM)
         self._release = self.client.register_script(_RELEASE)
 
@@ -170,7 +185,7 @@ def uses_inbox(url: str) -> bool:
     return url == "postgres" or url.startswith(("postgresql://", "postgres://"))
 
 
-def open_store(url: str) -> IdempotencyStore | None:
+def open_store(url: str, tls: Mapping[str, Any] = NO_TLS) -> IdempotencyStore | None:
     """``memory://`` (one process), ``redis://host:port/db`` (shared), or ``off``. (A
     worker asks its extensions first: the inbox adds ``postgresql://``.)"""
     if url in ("off", "none", ""):
@@ -178,7 +193,7 @@ def open_store(url: str) -> IdempotencyStore | None:
     if url.startswith("memory://") or url == "memory":
         return MemoryStore()
     if url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisStore(url)
+        return RedisStore(url, tls=tls)
     raise ConfigError(
         "idempotency store URL must be memory://, redis://..., postgresql://... (the inbox) "
         f"or off, got {url!r}"

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from framework import tls
 from framework.errors import BrokerError, BrokerUnavailable
 from framework.settings import Settings
 
@@ -44,9 +46,16 @@ class LiveTopology:
 
 class Management:
     def __init__(
-        self, base_url: str, user: str, password: str, vhost: str = "/", timeout: float = 5.0
+        self,
+        base_url: str,
+        user: str,
+        password: str,
+        vhost: str = "/",
+        timeout: float = 5.0,
+        context: ssl.SSLContext | None = None,
     ) -> None:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.context = context  # https://: verified as the broker is (framework.tls)
         self.user = user
         self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self.vhost = vhost
@@ -55,7 +64,8 @@ class Management:
     @classmethod
     def from_settings(cls, settings: Settings) -> Management:
         base, user, password = settings.management()
-        return cls(base, user, password, settings.vhost, settings.connect_timeout)
+        context = tls.client_context(settings) if base.startswith("https://") else None
+        return cls(base, user, password, settings.vhost, settings.connect_timeout, context)
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Management | None:
@@ -68,7 +78,9 @@ class Management:
         request = urllib.request.Request(self.base_url + path)
         request.add_header("Authorization", self._auth)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(
+                request, timeout=self.timeout, context=self.context
+            ) as response:
                 return json.load(response)
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
@@ -79,7 +91,7 @@ class Management:
                 ) from None
             raise BrokerError(f"management API at {self.base_url}: HTTP {exc.code}") from None
         except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+            reason: object = tls.tls_reason(exc) or getattr(exc, "reason", exc)
             raise BrokerUnavailable(
                 f"management API at {self.base_url} did not answer: {reason}"
             ) from None

@@ -45,6 +45,30 @@ class Settings(BaseSettings):
     broker_password_file: Path | None = Field(
         None, description="file holding the broker password (Docker/Kubernetes secrets)"
     )
+    broker_ca_file: Path | None = Field(
+        None,
+        description="CA certificates (PEM) that amqps://, the https:// management API and "
+        "rediss:// are verified against; unset: the system's store",
+    )
+    broker_cert_file: Path | None = Field(
+        None, description="client certificate (PEM) for mutual TLS with the broker"
+    )
+    broker_key_file: Path | None = Field(
+        None, description="private key of the client certificate (unset: in the cert file)"
+    )
+    broker_key_password_file: Path | None = Field(
+        None, description="file holding the password of an encrypted client key"
+    )
+    broker_tls_verify: bool = Field(
+        True,
+        description="check the certificates and host names of TLS servers; false: "
+        "unchecked, with a WARNING at every start",
+    )
+    broker_auth: Literal["plain", "external"] = Field(
+        "plain",
+        description="how kanin logs in: plain (user and password) or external (the "
+        "client certificate's identity; needs amqps:// and KANIN_BROKER_CERT_FILE)",
+    )
     management_url: str | None = Field(
         None, description="RabbitMQ management API; default http://<broker host>:15672/"
     )
@@ -133,6 +157,14 @@ class Settings(BaseSettings):
             )
         return url
 
+    @field_validator(
+        "broker_password_file", "broker_ca_file", "broker_cert_file", "broker_key_file",
+        "broker_key_password_file", mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("management_url", mode="before")
     @classmethod
     def _check_management_url(cls, url: object) -> object:
@@ -161,6 +193,20 @@ class Settings(BaseSettings):
             self.broker_password = SecretStr(password)
         return self
 
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if self.broker_key_file is not None and self.broker_cert_file is None:
+            raise ValueError("KANIN_BROKER_KEY_FILE is set without KANIN_BROKER_CERT_FILE")
+        if self.broker_auth == "external":
+            if not self.broker_url.startswith("amqps://"):
+                raise ValueError(
+                    "KANIN_BROKER_AUTH=external needs an amqps:// broker URL: the identity "
+                    "is the client certificate's"
+                )
+            if self.broker_cert_file is None:
+                raise ValueError("KANIN_BROKER_AUTH=external needs KANIN_BROKER_CERT_FILE")
+        return self
+
     @property
     def broker_hosts(self) -> list[str]:
         """``host:port`` of each broker host in the URL, in the URL's order."""
@@ -169,7 +215,10 @@ class Settings(BaseSettings):
     def amqp_url(self, host: int = 0) -> str:
         """The URL to connect to host number ``host`` with, password included. Never log it."""
         secret = self.broker_password.get_secret_value() if self.broker_password else None
-        return BrokerUrl.parse(self.broker_url).for_host(host, secret)
+        url = BrokerUrl.parse(self.broker_url).for_host(host, secret)
+        if self.broker_auth == "external":  # aiormq's choice of mechanism: ?auth=
+            url += ("&" if "?" in url else "?") + "auth=external"
+        return url
 
     @property
     def vhost(self) -> str:

@@ -28,6 +28,7 @@ from framework.lag import LoopWatch
 from framework.publisher import Publisher
 from framework.runner import Runner
 from framework.settings import Settings
+from framework.tls import redis_options
 from framework.topology.declare import Declarer
 from framework.topology.expand import expand, recovery_queues
 from framework.topology.model import QueueSpec, Topology
@@ -157,7 +158,9 @@ class Worker:
         if url not in self.stores:
             given = (extension.store(url, self) for extension in self.extensions)
             found = next((store for store in given if store is not None), None)
-            self.stores[url] = found if found is not None else open_store(url)
+            self.stores[url] = (
+                found if found is not None else open_store(url, redis_options(self.settings))
+            )
         return self.stores[url]
 
     @property

@@ -15,11 +15,11 @@ saves the offset of the unit's last event when the unit ends:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from framework.errors import ConfigError, KaninError
-from framework.idempotency import redis_client
+from framework.idempotency import NO_TLS, redis_client
 
 TABLE = "kanin_checkpoints"
 _CREATE = f"""
@@ -72,12 +72,12 @@ class CheckpointStore(Protocol):
     async def close(self) -> None: ...
 
 
-def open_checkpoints(url: str) -> CheckpointStore:
+def open_checkpoints(url: str, tls: Mapping[str, Any] = NO_TLS) -> CheckpointStore:
     """The store ``url`` names: memory://, redis://... or postgresql://..."""
     if url in ("memory", "memory://") or url.startswith("memory://"):
         return MemoryCheckpoints()
     if url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisCheckpoints(url)
+        return RedisCheckpoints(url, tls=tls)
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresCheckpoints(url)
     raise ConfigError(
@@ -116,10 +116,16 @@ class MemoryCheckpoints:
 class RedisCheckpoints:
     durable = True
 
-    def __init__(self, url: str, prefix: str = "kanin:checkpoint:", timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "kanin:checkpoint:",
+        timeout: float = 5.0,
+        tls: Mapping[str, Any] = NO_TLS,
+    ) -> None:
         self.url = url
         self.prefix = prefix
-        self.client = redis_client(url, timeout, "the Redis checkpoint store")
+        self.client = redis_client(url, timeout, "the Redis checkpoint store", tls)
 
     async def _call(self, what: str, call: Awaitable[Any]) -> Any:
         from redis.exceptions import RedisError

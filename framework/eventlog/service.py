@@ -21,6 +21,7 @@ from framework.eventlog.checkpoints import CheckpointStore, open_checkpoints
 from framework.eventlog.projection import Projection
 from framework.eventlog.reader import ProjectionReader
 from framework.settings import Settings
+from framework.tls import redis_options
 from framework.topology.expand import expand
 from framework.topology.model import QueueSpec, Topology
 
@@ -75,7 +76,7 @@ async def open_stores(
     for cls in classes:
         url, source = checkpoint_url(cls, settings)
         if url not in stores:
-            stores[url] = open_checkpoints(url)
+            stores[url] = open_checkpoints(url, redis_options(settings))
         chosen[cls] = stores[url]
         if not stores[url].durable:
             log.warning(

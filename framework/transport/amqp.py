@@ -17,6 +17,7 @@ from aio_pika.abc import AbstractChannel as PikaChannel
 from aiormq.abc import AbstractChannel
 from pamqp.commands import Basic
 
+from framework import tls
 from framework.errors import BrokerUnavailable, KaninError, PublishFailed, Unroutable
 from framework.settings import Settings
 from framework.topology.expand import ExchangeDecl, QueueDecl
@@ -35,8 +36,12 @@ class AmqpTransport:
         self.settings = settings
         order = list(range(len(settings.broker_hosts)))
         random.shuffle(order)  # one order per process: workers spread over the nodes
-        self.consuming = Link(settings, name, order)
-        self.publishing = Link(settings, publish_name or f"{name}-publish", order)
+        context = None
+        if settings.broker_url.startswith("amqps://"):
+            context = tls.client_context(settings)
+            tls.warn_if_unverified(settings)
+        self.consuming = Link(settings, name, order, context)
+        self.publishing = Link(settings, publish_name or f"{name}-publish", order, context)
         self.fast = settings.fast_paths
         self._publish: AmqpPublishChannel | None = None
         self._publish_lock = asyncio.Lock()

@@ -13,6 +13,7 @@ import aiormq.exceptions
 
 from framework.errors import BrokerRefused, BrokerUnavailable, KaninError
 from framework.settings import Settings
+from framework.tls import causes, tls_reason
 
 # What a channel or connection that went away (or refused) raises.
 CHANNEL_GONE = (
@@ -49,6 +50,11 @@ def reason(exc: BaseException | None, settings: Settings | None = None) -> str:
     """One line saying why a connection or an operation failed (never the password)."""
     if exc is None:
         return "closed"
+    tls_failure = tls_reason(exc)
+    if tls_failure is not None:
+        return tls_failure
+    if any(isinstance(e, ConnectionResetError) for e in causes(exc)):
+        return "connection reset"
     if isinstance(exc, aiormq.exceptions.ConnectionClosed) and len(exc.args) == 2:
         code, text = exc.args
         text = str(text or "")

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import ssl
 import time
 from typing import Any
 
@@ -27,19 +28,29 @@ from aio_pika.abc import AbstractConnection
 
 from framework.errors import BrokerUnavailable
 from framework.settings import Settings
+from framework.tls import tls_reason, why_dropped
 from framework.transport.amqp_errors import CHANNEL_GONE, reason
 
 log = logging.getLogger("kanin.transport")
 MAX_BACKOFF = 5.0  # seconds between two rounds over the hosts, at most
 BLOCKED_POLL = 1.0  # seconds between two looks at whether the broker blocks a connection
+# What a server that hung up before saying anything looks like (one speaking TLS, say).
+_DROPPED = ("connection reset", "closed", "connection closed before the handshake")
 
 
 class Link:
     """A connection named ``name`` to the hosts of ``settings``, tried in ``order``."""
 
-    def __init__(self, settings: Settings, name: str, order: list[int]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        order: list[int],
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.settings = settings
         self.name = name
+        self.tls = tls  # for amqps://
         self.hosts = settings.broker_hosts
         self.order = order
         self.connection: AbstractConnection | None = None
@@ -58,6 +69,7 @@ class Link:
         self._closing: asyncio.Future[None] | None = None  # a dropped connection's close
         self._closed = False
         self._ever_up = False
+        self._tls_failed: set[int] = set()  # hosts whose last try failed on TLS
 
     @property
     def is_up(self) -> bool:
@@ -76,7 +88,8 @@ class Link:
         self._ensure_connecting()
         while not self._up.is_set():
             tried = self._rounds > start
-            if tried and loop.time() >= deadline:
+            hopeless = len(self._tls_failed) == len(self.hosts)  # retrying will not help
+            if tried and (loop.time() >= deadline or hopeless):
                 await self.close()
                 raise BrokerUnavailable(self._unavailable(f" within {wait:g}s" if wait else ""))
             if self._round_failed is None:
@@ -141,14 +154,23 @@ class Link:
                 self.settings.amqp_url(index),
                 timeout=self.settings.connect_timeout,
                 client_properties={"connection_name": self.name},
+                ssl_context=self.tls,
             )
         except CHANNEL_GONE as exc:
             why = reason(exc, self.settings)
+            tls_failure = tls_reason(exc) is not None
             if "got <Connection.Close" in why:  # aiormq's words for a refused Connection.Open
                 why = (
                     f"the broker refused to open vhost {self.settings.vhost!r} (it does not "
                     "exist, or the user has no permission on it)"
                 )
+            elif why in _DROPPED:
+                hint = await why_dropped(host, self.tls, self.settings.connect_timeout)
+                why, tls_failure = (hint, True) if hint else (why, False)
+            if tls_failure:
+                self._tls_failed.add(index)
+            else:
+                self._tls_failed.discard(index)
             self.last_error = f"{host}: {why}"
             log.debug("connection %s: %s", self.name, self.last_error)
             return False
@@ -158,6 +180,7 @@ class Link:
             await connection.close()
             return True
         self.connection, self.host = connection, host
+        self._tls_failed.clear()
         connection.close_callbacks.add(self._on_close)
         self._watch = asyncio.create_task(self._watch_blocked(connection))
         if self._ever_up:
