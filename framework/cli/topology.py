@@ -240,3 +240,34 @@ def export_command(
             f"{_plural(len(document.get('queues', [])), 'queue')}, "
             f"{_plural(len(document.get('bindings', [])), 'binding')}"
         )
+
+
+@topology_app.command("permissions")
+def permissions_command(
+    file: Annotated[Path, typer.Argument(metavar="FILE", hidden=True)],
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="TARGET", hidden=True, show_default=False),
+    ] = None,
+    deploy_user: Annotated[
+        str, typer.Option("--deploy-user", metavar="USER", help="The user that applies FILE.")
+    ] = "kanin-deploy",
+    runtime_user: Annotated[
+        str, typer.Option("--runtime-user", metavar="USER", help="The user the workers run as.")
+    ] = "kanin-runtime",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the least RabbitMQ permissions, as rabbitmqctl commands, for a deploy user
+    that runs kanin topology apply FILE and a runtime user that runs kanin run
+    --no-declare TARGET... and publishes. Without TARGET, the runtime user may read every
+    queue of FILE and publish to every exchange of it."""
+    from framework.cli.permissions import least_permissions, render
+
+    with reported():
+        settings = load_settings()
+        topology = load_topology(file)
+        grants, notes = least_permissions(settings, topology, targets or [])
+        for note in notes:
+            typer.echo(f"note: {note}", err=True)
+        users = {"deploy": deploy_user, "runtime": runtime_user}
+        typer.echo(render(grants, users, settings.vhost, file, targets or [], as_json), nl=False)
