@@ -8,10 +8,12 @@ raises), so it is split here, once, into parts that know how to put themselves b
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)  # libpq's ?password=
 
 
 @dataclass(frozen=True)
@@ -89,3 +91,39 @@ def _host(item: str) -> tuple[str, int | None]:
 def _format_host(host: str, port: int | None) -> str:
     text = f"[{host}]" if ":" in host else host
     return text if port is None else f"{text}:{port}"
+
+
+def _split_netloc(url: str) -> tuple[str, str, str] | None:
+    """``scheme://``, the part before the host (``user:password``) and the rest; None
+    for a URL without user information."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    userinfo, at, _ = rest.rpartition("@")
+    if not at:
+        return None
+    if "/" in userinfo or "?" in userinfo:  # the "@" was in the path or the query
+        return None
+    return scheme + sep, userinfo, rest[len(userinfo) :]
+
+
+def redact(url: str) -> str:
+    """``url`` with its password (user information or ``?password=``) shown as ``***``:
+    for any URL kanin is given (broker, management, Redis, PostgreSQL). Safe to log."""
+    url = _QUERY_PASSWORD.sub(r"\1***", url)
+    parts = _split_netloc(url)
+    if parts is None:
+        return url
+    start, userinfo, rest = parts
+    user, colon, _ = userinfo.partition(":")
+    return f"{start}{user}:***{rest}" if colon else url
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` in its user information (replacing any there)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError("not a URL with a host: cannot put a password in it")
+    parts = _split_netloc(url)
+    user, rest = (parts[1].partition(":")[0], parts[2][1:]) if parts else ("", rest)
+    return f"{scheme}{sep}{user}:{quote(password, safe='')}@{rest}"

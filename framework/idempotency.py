@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
+from framework.brokerurl import redact
 from framework.errors import ConfigError, KaninError
 
 NO_TLS: Mapping[str, Any] = {}  # a rediss:// URL's CA options (framework.tls.redis_options)
@@ -196,5 +197,5 @@ def open_store(url: str, tls: Mapping[str, Any] = NO_TLS) -> IdempotencyStore | 
         return RedisStore(url, tls=tls)
     raise ConfigError(
         "idempotency store URL must be memory://, redis://..., postgresql://... (the inbox) "
-        f"or off, got {url!r}"
+        f"or off, got {redact(url)!r}"
     )

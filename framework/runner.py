@@ -32,6 +32,7 @@ from framework.transport import Delivery, Properties
 
 log = logging.getLogger("kanin.worker")
 POSTPONE_MS = 1000  # how long an in-progress or store-blocked message waits before its next try
+STORE_WARNING = 10.0  # seconds between two warnings that the idempotency store fails
 
 
 @dataclass
@@ -94,6 +95,7 @@ class Runner:
         )
         self.publisher = publisher
         self.stats = Stats()
+        self._store_warned = -STORE_WARNING  # when the store's failure was last logged
         self.durations = Histogram()
         self.tracing = tracing
         self.in_flight: set[asyncio.Task[Any]] = set()
@@ -137,6 +139,7 @@ class Runner:
             try:
                 claim = await self.store.claim(key, self.lease)
             except StoreUnavailable as exc:
+                self.store_down(str(exc))
                 await self.postpone(delivery, attempt, str(exc))
                 return
             if claim.status is Status.DONE:
@@ -286,6 +289,14 @@ class Runner:
             delivery, self.spec.dlq, dead_letter_message(delivery, verdict, self.name)
         ):
             self.stats.dead_lettered += 1
+
+    def store_down(self, reason: str) -> None:
+        """A WARNING when the idempotency store fails, at most once per ``STORE_WARNING``
+        seconds: its messages wait, none is handled without its key being checked."""
+        now = time.monotonic()
+        if now - self._store_warned >= STORE_WARNING:
+            self._store_warned = now
+            self.log.warning("%s: messages wait until it answers", reason)
 
     async def postpone(self, delivery: Delivery, attempt: int, reason: str) -> None:
         """Try again shortly without using up an attempt (key busy elsewhere, store down)."""

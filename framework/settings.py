@@ -8,15 +8,17 @@ password is split off the URL into a ``SecretStr`` as soon as the settings are b
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from framework.brokerurl import BrokerUrl
+from framework.brokerurl import BrokerUrl, redact, with_password
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+# URL settings whose password may come from a file: <name>_password_file
+URLS_WITH_PASSWORD_FILES = ("management_url", "idempotency_url", "checkpoint_url", "outbox_url")
 
 
 def strip_password(url: str) -> tuple[str, str | None]:
@@ -121,6 +123,18 @@ class Settings(BaseSettings):
         65536, ge=1,
         description="largest header table a consumed message may carry (else HeadersTooLarge)",
     )  # fmt: skip
+    management_password_file: Path | None = Field(
+        None, description="file holding the password of KANIN_MANAGEMENT_URL"
+    )
+    idempotency_password_file: Path | None = Field(
+        None, description="file holding the password of KANIN_IDEMPOTENCY_URL"
+    )
+    checkpoint_password_file: Path | None = Field(
+        None, description="file holding the password of KANIN_CHECKPOINT_URL"
+    )
+    outbox_password_file: Path | None = Field(
+        None, description="file holding the password of KANIN_OUTBOX_URL"
+    )
     shutdown_grace: float = Field(
         30.0, ge=0, description="seconds in-flight handlers get to finish on SIGTERM"
     )
@@ -159,7 +173,8 @@ class Settings(BaseSettings):
 
     @field_validator(
         "broker_password_file", "broker_ca_file", "broker_cert_file", "broker_key_file",
-        "broker_key_password_file", mode="before",
+        "broker_key_password_file", "management_password_file", "idempotency_password_file",
+        "checkpoint_password_file", "outbox_password_file", mode="before",
     )  # fmt: skip
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -181,17 +196,28 @@ class Settings(BaseSettings):
         url, password = strip_password(self.broker_url)
         self.broker_url = url
         if self.broker_password_file is not None:
-            try:
-                text = self.broker_password_file.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ValueError(
-                    f"cannot read KANIN_BROKER_PASSWORD_FILE {str(self.broker_password_file)!r}: "
-                    f"{exc.strerror}"
-                ) from None
-            self.broker_password = SecretStr(text.rstrip("\r\n"))
+            secret = _read_password(self.broker_password_file, "broker_password_file")
+            self.broker_password = SecretStr(secret)
         elif self.broker_password is None and password is not None:
             self.broker_password = SecretStr(password)
+        for name in URLS_WITH_PASSWORD_FILES:
+            path: Path | None = getattr(self, name.replace("_url", "_password_file"))
+            target: str | None = getattr(self, name)
+            if path is None:
+                continue
+            if not target or "://" not in target:
+                raise ValueError(
+                    f"KANIN_{name.replace('_url', '_password_file').upper()} is set, but "
+                    f"KANIN_{name.upper()} is not a URL with a host"
+                )
+            secret = _read_password(path, name.replace("_url", "_password_file"))
+            setattr(self, name, with_password(target, secret))
         return self
+
+    def __repr_args__(self) -> Any:
+        """Every URL without its password: ``repr()`` and ``str()`` are safe to log."""
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if isinstance(value, str) and "://" in value else value
 
     @model_validator(mode="after")
     def _check_tls(self) -> Settings:
@@ -243,3 +269,12 @@ class Settings(BaseSettings):
             secret = password if password is not None else secret
             base = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         return base if base.endswith("/") else base + "/", user, secret
+
+
+def _read_password(path: Path, setting: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ValueError(
+            f"cannot read KANIN_{setting.upper()} {str(path)!r}: {exc.strerror}"
+        ) from None

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from framework.brokerurl import redact
 from framework.cli.app import HELP, BrokerOpt, app, load_settings, reported, server_settings
 from framework.cli.run import serve
 from framework.errors import ConfigError
@@ -35,7 +36,9 @@ def _url(settings: Settings) -> str:
     if not url:
         raise ConfigError("name the outbox database: --url postgresql://... or KANIN_OUTBOX_URL")
     if not url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(f"the outbox lives in PostgreSQL: a postgresql:// URL, got {url!r}")
+        raise ConfigError(
+            f"the outbox lives in PostgreSQL: a postgresql:// URL, got {redact(url)!r}"
+        )
     return url
 
 

@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+from framework.brokerurl import redact
 from framework.errors import ConfigError, KaninError
 from framework.idempotency import NO_TLS, redis_client
 
@@ -81,7 +82,8 @@ def open_checkpoints(url: str, tls: Mapping[str, Any] = NO_TLS) -> CheckpointSto
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresCheckpoints(url)
     raise ConfigError(
-        f"checkpoint store URL must be memory://, redis://... or postgresql://..., got {url!r}"
+        "checkpoint store URL must be memory://, redis://... or postgresql://..., "
+        f"got {redact(url)!r}"
     )
 
 
