@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install services specs test matrix offline lint bench fuzz demo clean
+.PHONY: install services specs test matrix offline lint audit bench fuzz demo clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
@@ -45,6 +45,17 @@ lint: install
 	$(BIN)/ruff check framework workers tests
 	$(BIN)/ruff format --check framework workers tests
 	$(BIN)/mypy
+
+# pip-audit (from an environment of its own) over the installed packages: exit 1 on a
+# known vulnerability, 3 when packages could not be audited (AUDIT_FLAGS=--allow-incomplete:
+# said, and exit 0).
+AUDIT_VENV = .venv-audit
+audit: install
+	@test -x $(AUDIT_VENV)/bin/pip-audit || { $(PYTHON) -m venv $(AUDIT_VENV) && \
+		$(AUDIT_VENV)/bin/python -m pip install -q 'pip-audit>=2.7'; }
+	$(BIN)/python tests/audit.py --pip-audit $(AUDIT_VENV)/bin/pip-audit \
+		--path "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+		$(AUDIT_FLAGS)
 
 # The property-based tests with fresh random data and many more examples than make test's
 # fixed ones (KANIN_FUZZ_EXAMPLES, default 2000 here).
