@@ -196,7 +196,7 @@ class Settings(BaseSettings):
         url, password = strip_password(self.broker_url)
         self.broker_url = url
         if self.broker_password_file is not None:
-            secret = _read_password(self.broker_password_file, "broker_password_file")
+            secret = read_password(self.broker_password_file, "broker_password_file")
             self.broker_password = SecretStr(secret)
         elif self.broker_password is None and password is not None:
             self.broker_password = SecretStr(password)
@@ -210,7 +210,7 @@ class Settings(BaseSettings):
                     f"KANIN_{name.replace('_url', '_password_file').upper()} is set, but "
                     f"KANIN_{name.upper()} is not a URL with a host"
                 )
-            secret = _read_password(path, name.replace("_url", "_password_file"))
+            secret = read_password(path, name.replace("_url", "_password_file"))
             setattr(self, name, with_password(target, secret))
         return self
 
@@ -271,7 +271,9 @@ class Settings(BaseSettings):
         return base if base.endswith("/") else base + "/", user, secret
 
 
-def _read_password(path: Path, setting: str) -> str:
+def read_password(path: Path, setting: str) -> str:
+    """The password in the file ``path`` that the setting ``setting`` names (``ValueError``
+    naming both when it cannot be read)."""
     try:
         return path.read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:

@@ -14,12 +14,10 @@ import logging
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from framework.errors import ConfigError
-
-if TYPE_CHECKING:
-    from framework.settings import Settings
+from framework.settings import Settings, read_password
 
 log = logging.getLogger("kanin.tls")
 
@@ -31,6 +29,7 @@ _CLIENT_CERT = (
     "SSLV3_ALERT_HANDSHAKE_FAILURE",
     "SSLV3_ALERT_BAD_CERTIFICATE",
 )
+SPEAKS_TLS = "this port speaks TLS (use amqps://, or the broker's plain port)"
 UNVERIFIED = (
     "TLS verification is off (KANIN_BROKER_TLS_VERIFY=false): the certificates and host "
     "names of the broker, its management API and Redis are not checked"
@@ -119,11 +118,11 @@ async def why_dropped(address: str, context: ssl.SSLContext | None, within: floa
         async with asyncio.timeout(min(within, 2.0)):
             reader, writer = await asyncio.open_connection(host.strip("[]"), int(port), ssl=probe)
             if context is None:
-                return "this port speaks TLS (use amqps://, or the broker's plain port)"
+                return SPEAKS_TLS
             await reader.read(1)  # a server that wants a certificate says so, then hangs up
     except ssl.SSLError as exc:
         if context is None:
-            return None if (exc.reason or "") in _NOT_TLS else "this port speaks TLS"
+            return None if (exc.reason or "") in _NOT_TLS else SPEAKS_TLS
         return tls_reason(exc)
     except (OSError, TimeoutError, ValueError):
         return None
@@ -148,11 +147,9 @@ def _key_password(path: Path | None) -> str | Callable[[], str]:
     if path is None:  # never OpenSSL's prompt on the terminal: a worker has none
         return _no_password
     try:
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read KANIN_BROKER_KEY_PASSWORD_FILE {str(path)!r}: {exc.strerror}"
-        ) from None
+        return read_password(path, "broker_key_password_file")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _no_password() -> str:

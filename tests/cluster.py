@@ -172,6 +172,19 @@ class Cluster:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
+def require_nodes(what: str) -> None:
+    """Skip the calling test when no node of the suite's own can start here (on CI, where
+    they must run, fail instead)."""
+    missing = Cluster.available()
+    if missing is None:
+        return
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the {what} tests: {missing}")
+    pytest.skip(f"no RabbitMQ nodes of the suite's own can start here: {missing}")
+
+
 def _wait_port(port: int, within: float = 60) -> None:
     deadline = time.monotonic() + within
     while True:

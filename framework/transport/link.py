@@ -164,7 +164,7 @@ class Link:
                     f"the broker refused to open vhost {self.settings.vhost!r} (it does not "
                     "exist, or the user has no permission on it)"
                 )
-            elif why in _DROPPED:
+            elif why in _DROPPED and not self._ever_up:  # a port that spoke AMQP still does
                 hint = await why_dropped(host, self.tls, self.settings.connect_timeout)
                 why, tls_failure = (hint, True) if hint else (why, False)
             if tls_failure:

@@ -5,7 +5,6 @@ away mid-stream, and a broker that blocks publishing. The RabbitMQ on 5672 is un
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import pytest
 from framework import Consumer, Context, Event, Publisher, PublishFailed, RetryPolicy, Worker
 from framework.topology import QueueSpec, Topology
 from framework.transport.amqp import AmqpTransport
-from tests.cluster import Cluster
+from tests.cluster import Cluster, require_nodes
 from tests.integration.test_probes import fetch, samples
 from tests.integration.worker_kit import eventually, settings, started
 
@@ -25,11 +24,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    missing = Cluster.available()
-    if missing is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the cluster tests: {missing}")
-        pytest.skip(f"no RabbitMQ nodes of the suite's own can start here: {missing}")
+    require_nodes("cluster")
     nodes = Cluster()
     nodes.start()
     try:

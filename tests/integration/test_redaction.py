@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,12 +17,11 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.cluster import _wait_port
 from tests.conftest import BrokerAdmin
 from tests.integration.otlp import receiving
 from tests.integration.test_idempotency import free_port
 from tests.integration.test_probes import fetch
-from tests.integration.worker_kit import eventually
+from tests.integration.worker_kit import eventually, redis_server
 
 pytestmark = pytest.mark.integration
 
@@ -76,21 +74,9 @@ def user(admin: BrokerAdmin, prefix: str) -> Iterator[str]:
 @pytest.fixture
 def redis_with_password() -> Iterator[int]:
     """A Redis of the test's own that wants the password FILED."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail("redis-server is not installed (make services installs it)")
     port = free_port()
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", FILED,
-         "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        _wait_port(port, within=15)
+    with redis_server(port, "--port", str(port), "--requirepass", FILED):
         yield port
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -24,8 +23,8 @@ from framework.idempotency import RedisStore, StoreUnavailable
 from framework.management import Management
 from framework.tls import redis_options
 from framework.topology import QueueSpec, Topology
-from tests.cluster import Cluster, _wait_port
-from tests.integration.worker_kit import eventually, started
+from tests.cluster import require_nodes
+from tests.integration.worker_kit import eventually, redis_server, started
 from tests.tls_nodes import CLIENT_USER, TlsNodes
 
 pytestmark = pytest.mark.integration
@@ -37,11 +36,7 @@ REDIS_TLS_PORT = 6391
 
 @pytest.fixture(scope="module")
 def nodes() -> Iterator[TlsNodes]:
-    missing = Cluster.available()
-    if missing is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the TLS tests: {missing}")
-        pytest.skip(f"no RabbitMQ nodes of the suite's own can start here: {missing}")
+    require_nodes("TLS")
     started_nodes = TlsNodes()
     started_nodes.start()
     try:
@@ -217,24 +212,14 @@ async def test_the_management_api_over_https_is_verified_with_the_same_ca(
 
 @pytest.fixture
 def redis_tls(nodes: TlsNodes) -> Iterator[int]:
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail("redis-server is not installed (make services installs it)")
     assert nodes.certs is not None
     path = nodes.certs.path
-    process = subprocess.Popen(
-        [server, "--port", "0", "--tls-port", str(REDIS_TLS_PORT), "--bind", "127.0.0.1",
-         "--tls-cert-file", str(path("server.pem")), "--tls-key-file", str(path("server.key")),
-         "--tls-ca-cert-file", str(path("ca.pem")), "--tls-auth-clients", "no",
-         "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        _wait_port(REDIS_TLS_PORT, within=15)
+    with redis_server(
+        REDIS_TLS_PORT, "--port", "0", "--tls-port", str(REDIS_TLS_PORT),
+        "--tls-cert-file", str(path("server.pem")), "--tls-key-file", str(path("server.key")),
+        "--tls-ca-cert-file", str(path("ca.pem")), "--tls-auth-clients", "no",
+    ):  # fmt: skip
         yield REDIS_TLS_PORT
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 async def test_a_rediss_idempotency_store_is_verified_with_the_same_ca(

@@ -5,20 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import aio_pika
+import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from framework import Consumer, Settings, Worker
 from framework.topology import Topology
+from tests.cluster import _wait_port
 from tests.conftest import AMQP_URL, BrokerAdmin
 
 # for `kanin run` in a test: a topology file that declares nothing (a missing one is exit 2)
@@ -151,3 +154,22 @@ def stop_process(process: subprocess.Popen[str]) -> str:
         process.send_signal(signal.SIGTERM)
     out, _ = process.communicate(timeout=30)
     return out
+
+
+@contextlib.contextmanager
+def redis_server(port: int, *args: str) -> Iterator[int]:
+    """A ``redis-server`` of the test's own with ``args``, answering on ``port`` (its own,
+    or its TLS port), keeping nothing on disk; stopped afterwards."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is not installed (make services installs it)")
+    process = subprocess.Popen(
+        [server, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait_port(port, within=15)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
