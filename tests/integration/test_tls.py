@@ -155,8 +155,11 @@ def test_each_tls_failure_is_one_line_and_exit_1(nodes: TlsNodes, case: str, say
         "plain AMQP to the TLS port": (mutual.url("amqp", port=mutual.tls_port), {}),
         "TLS to the plain port": (mutual.url("amqps", port=mutual.port), files(nodes)),
     }[case]
+    started_at = time.monotonic()
     done = publish(url, KANIN_CONNECT_TIMEOUT="3", **env)
     assert done.returncode == 1, done.stderr
+    # within the connect timeout (and the start of a process), not KANIN_PUBLISH_TIMEOUT's 30 s
+    assert time.monotonic() - started_at < 20, "it waited for more than one connect"
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     host = url.split("@")[1].rstrip("/")
