@@ -36,10 +36,10 @@ class AmqpTransport:
         self.settings = settings
         order = list(range(len(settings.broker_hosts)))
         random.shuffle(order)  # one order per process: workers spread over the nodes
+        tls.warn_if_unverified(settings)  # for the broker, its management API and Redis
         context = None
         if settings.broker_url.startswith("amqps://"):
             context = tls.client_context(settings)
-            tls.warn_if_unverified(settings)
         self.consuming = Link(settings, name, order, context)
         self.publishing = Link(settings, publish_name or f"{name}-publish", order, context)
         self.fast = settings.fast_paths
