@@ -2,7 +2,7 @@
 (``https://``) and Redis (``rediss://``), all verified against one set of CA certificates.
 
 Verification is on unless ``KANIN_BROKER_TLS_VERIFY=false`` says otherwise, and then every
-process that opens a TLS connection says so in a WARNING when it starts. A TLS failure
+process that connects to the broker says so in a WARNING when it starts. A TLS failure
 becomes one line naming what went wrong: the certificate check and its reason, a server
 that asked for a client certificate, a port that speaks TLS or one that does not.
 """
