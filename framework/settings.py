@@ -33,7 +33,11 @@ class Settings(BaseSettings):
     """Everything a kanin process is configured with."""
 
     model_config = SettingsConfigDict(
-        env_prefix="KANIN_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="KANIN_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        hide_input_in_errors=True,  # a value may be a URL with its password
     )
 
     broker_url: str = Field(
@@ -187,8 +191,7 @@ class Settings(BaseSettings):
             if not url.strip():
                 return None  # KANIN_MANAGEMENT_URL= (empty) means: not set
             if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
-                safe = str(BrokerUrl.parse(url)) if "@" in url else url
-                raise ValueError(f"must be an http:// or https:// URL, got {safe!r}")
+                raise ValueError(f"must be an http:// or https:// URL, got {redact(url)!r}")
         return url
 
     @model_validator(mode="after")

@@ -97,8 +97,6 @@ def tls_reason(exc: BaseException) -> str | None:
         return "this port does not speak TLS (use amqp://, or the broker's TLS port)"
     if why in _CLIENT_CERT:
         return "the server asked for a client certificate (set KANIN_BROKER_CERT_FILE)"
-    if why == "CERTIFICATE_VERIFY_FAILED":
-        return "certificate verify failed"
     text = why.lower().replace("_", " ") if why else str(seen)
     return f"TLS failed: {text}"
 

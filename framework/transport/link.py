@@ -35,7 +35,7 @@ log = logging.getLogger("kanin.transport")
 MAX_BACKOFF = 5.0  # seconds between two rounds over the hosts, at most
 BLOCKED_POLL = 1.0  # seconds between two looks at whether the broker blocks a connection
 # What a server that hung up before saying anything looks like (one speaking TLS, say).
-_DROPPED = ("connection reset", "closed", "connection closed before the handshake")
+_DROPPED = ("connection reset", "closed")
 
 
 class Link:

@@ -64,3 +64,9 @@ def test_a_password_file_without_its_url_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="cannot read KANIN_IDEMPOTENCY_PASSWORD_FILE"):
         Settings(_env_file=None, idempotency_url="redis://h/0",  # type: ignore[call-arg]
                  idempotency_password_file=tmp_path / "missing")  # fmt: skip
+
+
+def test_a_refused_setting_never_shows_its_value() -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None, management_url="ftp://ops:s3cret@h/")  # type: ignore[call-arg]
+    assert "s3cret" not in str(refused.value) and "ftp://ops:***@h/" in str(refused.value)
